@@ -1,0 +1,109 @@
+use super::*;
+use kube::CustomResourceExt;
+use serde_json::json;
+
+fn minimal() -> serde_json::Value {
+    json!({
+        "apiVersion": "trainingjob.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": "t"},
+        "spec": {
+            "checkpoint": {"claimName": "ckpt"},
+            "template": {"spec": {"containers": [
+                {"name": "trainer", "image": "img", "command": ["python3", "train.py"]}
+            ]}}
+        }
+    })
+}
+
+#[test]
+fn omitted_fields_take_the_documented_defaults() {
+    let tj: TrainingJob = serde_json::from_value(minimal()).unwrap();
+    assert_eq!(tj.spec.replicas, 1);
+    assert_eq!(tj.spec.backoff_limit, 3);
+    assert_eq!(tj.spec.checkpoint.mount_path, "/checkpoints");
+    assert_eq!(tj.spec.checkpoint.size_hint, None);
+    assert_eq!(tj.spec.shared_memory, None);
+    assert_eq!(tj.spec.preemption, PreemptionSpec::default());
+    assert_eq!(tj.spec.preemption.notice_seconds, 30);
+    assert_eq!(tj.spec.preemption.max_preemptions, 100);
+    assert!(tj.status.is_none());
+}
+
+#[test]
+fn spec_and_status_survive_a_serde_round_trip() {
+    let mut tj: TrainingJob = serde_json::from_value(minimal()).unwrap();
+    tj.spec.shared_memory = Some(SharedMemorySpec {
+        size_limit: None,
+        data_loader: Some(DataLoaderSpec {
+            workers: 8,
+            prefetch_factor: 2,
+            batch_bytes: "256Mi".into(),
+        }),
+    });
+    tj.status = Some(TrainingJobStatus {
+        phase: Some(Phase::Resuming),
+        attempt: 3,
+        preemptions: 2,
+        last_checkpoint: Some(CheckpointStatus {
+            step: 1200,
+            path: "/checkpoints/step-1200".into(),
+            bytes: Some(14 << 30),
+            save_seconds: Some(21.1),
+            time: None,
+        }),
+        grace_period_seconds: Some(27),
+        ..Default::default()
+    });
+    let text = serde_json::to_string(&tj).unwrap();
+    let back: TrainingJob = serde_json::from_str(&text).unwrap();
+    assert_eq!(back.spec, tj.spec);
+    assert_eq!(back.status, tj.status);
+    // The wire names are camelCase, as every Kubernetes API.
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        v["spec"]["sharedMemory"]["dataLoader"]["batchBytes"],
+        "256Mi"
+    );
+    assert_eq!(v["status"]["lastCheckpoint"]["saveSeconds"], 21.1);
+    assert_eq!(v["status"]["phase"], "Resuming");
+}
+
+#[test]
+fn absent_optional_fields_are_not_serialized() {
+    // Server-side apply owns every field we send: a `null` would claim it.
+    let tj: TrainingJob = serde_json::from_value(minimal()).unwrap();
+    let v = serde_json::to_value(&tj.spec).unwrap();
+    assert!(v.get("sharedMemory").is_none());
+    assert!(v["checkpoint"].get("sizeHint").is_none());
+    let status = serde_json::to_value(TrainingJobStatus::default()).unwrap();
+    assert_eq!(
+        status,
+        json!({"attempt": 0, "preemptions": 0, "failures": 0})
+    );
+}
+
+#[test]
+fn the_crd_names_the_resource_as_users_type_it() {
+    let crd = TrainingJob::crd();
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some("trainingjobs.trainingjob.dev")
+    );
+    let names = &crd.spec.names;
+    assert_eq!(names.kind, "TrainingJob");
+    assert_eq!(names.short_names.as_deref(), Some(&["tj".to_string()][..]));
+    assert_eq!(crd.spec.scope, "Namespaced");
+    let version = &crd.spec.versions[0];
+    assert_eq!(version.name, "v1alpha1");
+    assert!(version.subresources.as_ref().unwrap().status.is_some());
+}
+
+#[test]
+fn conditions_are_a_list_map_keyed_by_type() {
+    let crd = serde_json::to_value(TrainingJob::crd()).unwrap();
+    let conditions = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+        ["status"]["properties"]["conditions"];
+    assert_eq!(conditions["x-kubernetes-list-type"], "map");
+    assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));
+}

@@ -1,0 +1,5 @@
+//! trainingjob-operator: keeps long GPU training jobs alive across spot
+//! preemptions. See DESIGN.md in the project's shared folder for the shape.
+
+pub mod api;
+pub mod crd;

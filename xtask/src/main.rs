@@ -1,0 +1,103 @@
+//! Developer commands: `cargo xtask <command>`. See the README.
+
+mod binaries;
+mod controlplane;
+mod daemon;
+mod demo;
+mod images;
+mod node;
+mod test;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "trainingjob-operator developer commands"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// A real local cluster: etcd, control plane and a kubelet on this machine.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterCmd,
+    },
+    /// Build the project's images offline with buildah and import them into containerd.
+    Images,
+    /// Regenerate crds/ from the Rust types.
+    Crd,
+    /// The README's test command: lint, unit tests, then tests against the real cluster.
+    Test,
+    /// The README's main command: the demo on the local cluster.
+    Demo,
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Build what is missing and start everything; a no-op when it is already up.
+    Up {
+        /// Also start kwok with this many fake nodes (for scale benchmarks).
+        #[arg(long, default_value_t = 0)]
+        fake_nodes: u32,
+        /// Control plane only, no kubelet.
+        #[arg(long)]
+        no_node: bool,
+    },
+    /// Stop every process and container, unmount what they mounted.
+    Down,
+    /// Say what is running.
+    Status,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let paths = util::Paths::new()?;
+    match cli.command {
+        Cmd::Cluster { action } => match action {
+            ClusterCmd::Up {
+                fake_nodes,
+                no_node,
+            } => {
+                cluster_up(&paths, no_node)?;
+                if fake_nodes > 0 {
+                    node::fake_nodes(&paths, fake_nodes)?;
+                }
+                controlplane::print_usage(&paths);
+                Ok(())
+            }
+            ClusterCmd::Down => {
+                node::down(&paths)?;
+                controlplane::down(&paths)
+            }
+            ClusterCmd::Status => {
+                let cp = controlplane::status(&paths)?;
+                let n = node::status(&paths)?;
+                if cp && n {
+                    Ok(())
+                } else {
+                    std::process::exit(3)
+                }
+            }
+        },
+        Cmd::Images => images::build_and_import(&paths),
+        Cmd::Crd => test::regenerate_crd(&paths),
+        Cmd::Test => test::run_all(&paths),
+        Cmd::Demo => demo::run_demo(&paths),
+    }
+}
+
+/// The control plane, then (unless `no_node`) the node.
+pub fn cluster_up(paths: &util::Paths, no_node: bool) -> Result<()> {
+    controlplane::up(paths)?;
+    if !no_node {
+        node::up(paths)?;
+    }
+    Ok(())
+}

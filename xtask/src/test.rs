@@ -1,0 +1,78 @@
+//! `cargo xtask test`: the README's test command, and what CI runs.
+
+use crate::controlplane;
+use crate::util::{run, step, Paths};
+use anyhow::{Context, Result};
+use std::process::Command;
+use std::time::Instant;
+
+pub fn run_all(paths: &Paths) -> Result<()> {
+    let started = Instant::now();
+    step("cargo fmt --check");
+    run(Command::new("cargo")
+        .current_dir(&paths.root)
+        .args(["fmt", "--all", "--", "--check"]))
+    .context("formatting differs: run `cargo fmt --all`")?;
+    step("cargo clippy --all-targets -- -D warnings");
+    run(Command::new("cargo").current_dir(&paths.root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--quiet",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+
+    crate::cluster_up(paths, false)?;
+    install_crd(paths)?;
+
+    step("cargo test: unit tests, then the tests against the real cluster");
+    let k8s = controlplane::k8s_bin(paths)?;
+    let path = std::env::join_paths(std::iter::once(k8s).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))?;
+    run(Command::new("cargo")
+        .current_dir(&paths.root)
+        .env("KUBECONFIG", paths.kubeconfig())
+        .env("PATH", path)
+        .args(["test", "--workspace", "--", "--include-ignored"]))?;
+    step(format!(
+        "all tests passed in {:.0}s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// Server-side apply: the CRD embeds a whole PodTemplateSpec schema, which is
+/// larger than client-side apply's last-applied annotation may hold.
+pub fn install_crd(paths: &Paths) -> Result<()> {
+    step("installing the TrainingJob CRD");
+    run(controlplane::kubectl(paths)?
+        .args([
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=trainingjob-operator-xtask",
+            "-f",
+        ])
+        .arg(paths.root.join("crds")))?;
+    run(controlplane::kubectl(paths)?.args([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/trainingjobs.trainingjob.dev",
+    ]))
+}
+
+/// Rewrites crds/ from the Rust types.
+pub fn regenerate_crd(paths: &Paths) -> Result<()> {
+    let yaml = crate::util::output(
+        Command::new("cargo")
+            .current_dir(&paths.root)
+            .args(["run", "--quiet", "--bin", "crdgen"]),
+    )?;
+    crate::util::write(&paths.root.join("crds/trainingjob.yaml"), yaml)?;
+    step("wrote crds/trainingjob.yaml");
+    Ok(())
+}
