@@ -3,3 +3,7 @@
 
 pub mod api;
 pub mod crd;
+pub mod grace;
+pub mod pods;
+pub mod quantity;
+pub mod shm;

@@ -93,6 +93,11 @@ pub struct TrainingJobSpec {
     #[serde(default)]
     pub preemption: PreemptionSpec,
 
+    /// Run on spot capacity: adds the provider's spot node selector and
+    /// toleration to every pod, on top of the template's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spot: Option<SpotSpec>,
+
     /// Application failures (a trainer that exits non-zero without having
     /// been signalled) retried before the job is Failed. Preemptions never
     /// count against it.
@@ -196,6 +201,29 @@ impl Default for PreemptionSpec {
             max_preemptions: default_max_preemptions(),
         }
     }
+}
+
+/// Spot capacity to run on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpotSpec {
+    /// Whose spot nodes: GKE (`cloud.google.com/gke-spot`), EKS managed node
+    /// groups (`eks.amazonaws.com/capacityType: SPOT`), Karpenter
+    /// (`karpenter.sh/capacity-type: spot`) or AKS
+    /// (`kubernetes.azure.com/scalesetpriority: spot`).
+    pub provider: SpotProvider,
+}
+
+/// A cloud's spot node labelling and taint conventions.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SpotProvider {
+    #[serde(rename = "GKE")]
+    Gke,
+    #[serde(rename = "EKS")]
+    Eks,
+    Karpenter,
+    #[serde(rename = "AKS")]
+    Aks,
 }
 
 fn default_replicas() -> i32 {

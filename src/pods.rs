@@ -1,0 +1,441 @@
+//! The pod builder: one pod per rank for an attempt, built from the job's
+//! template with the launcher injected. Pure: no API calls, so every setting
+//! is unit-tested without a cluster.
+
+use crate::api::{SpotProvider, TrainingJob, TRAINER_CONTAINER};
+use crate::quantity;
+use k8s_openapi::api::core::v1::{
+    Container, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaimVolumeSource, Pod, PodSpec,
+    Service, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+use std::collections::BTreeMap;
+use thiserror::Error;
+
+/// Labels on everything the operator makes, so one selector finds it all.
+pub const JOB_LABEL: &str = "trainingjob.dev/job";
+pub const RANK_LABEL: &str = "trainingjob.dev/rank";
+pub const ATTEMPT_LABEL: &str = "trainingjob.dev/attempt";
+pub const MANAGED_BY: &str = "trainingjob-operator";
+
+/// Where the init container puts the launcher, and where it runs from.
+pub const LAUNCHER_DIR: &str = "/tj";
+pub const LAUNCHER_PATH: &str = "/tj/launcher";
+/// The launcher's path inside the operator image.
+pub const LAUNCHER_IN_IMAGE: &str = "/launcher";
+pub const MASTER_PORT: i32 = 29500;
+
+const LAUNCHER_VOLUME: &str = "tj-launcher";
+const CHECKPOINT_VOLUME: &str = "tj-checkpoints";
+const SHM_VOLUME: &str = "tj-shm";
+const GPU: &str = "nvidia.com/gpu";
+
+/// What the builder cannot turn into a pod. Each says what to change.
+#[derive(Debug, Error, PartialEq)]
+pub enum BuildError {
+    #[error("the pod template has no containers: add the trainer container")]
+    NoContainers,
+    #[error("the pod template has {0} containers and none is named `trainer`: name the one to run under the launcher `trainer`")]
+    NoTrainer(usize),
+    #[error("the trainer container has no command: give it in exec form, e.g. [\"python\", \"train.py\"]")]
+    NoCommand,
+    #[error("the trainer's command is shell form ({0}): a shell does not forward SIGTERM; give the program and its arguments directly")]
+    ShellForm(String),
+    #[error(
+        "the pod template already has a volume named {0:?}, which the operator needs: rename it"
+    )]
+    VolumeNameTaken(String),
+    #[error("the pod template mounts something at {0}, where the operator mounts its own volume: remove that mount")]
+    MountTaken(String),
+}
+
+/// Everything about one attempt that is decided outside the builder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptPlan {
+    pub attempt: i32,
+    pub grace_seconds: i64,
+    pub checkpoint_interval_seconds: Option<i64>,
+    pub shm_bytes: Option<u64>,
+    /// The operator's image: the init container copies the launcher from it.
+    pub operator_image: String,
+}
+
+pub fn pod_name(job: &str, attempt: i32, rank: i32) -> String {
+    format!("{job}-a{attempt}-r{rank}")
+}
+
+/// The headless Service of a multi-rank job, and rank 0's address in it.
+pub fn service_name(job: &str) -> String {
+    job.to_string()
+}
+
+fn rank_hostname(job: &str, rank: i32) -> String {
+    format!("{job}-r{rank}")
+}
+
+/// The index of the trainer container: the one named `trainer`, or the only one.
+pub fn trainer_index(containers: &[Container]) -> Result<usize, BuildError> {
+    match containers.len() {
+        0 => Err(BuildError::NoContainers),
+        1 => Ok(0),
+        n => containers
+            .iter()
+            .position(|c| c.name == TRAINER_CONTAINER)
+            .ok_or(BuildError::NoTrainer(n)),
+    }
+}
+
+/// A command the launcher could not deliver signals through. The CRD refuses
+/// these too; this check covers objects stored before that rule existed.
+pub fn shell_form(command: &[String], args: &[String]) -> Option<String> {
+    let shell = command.first()?;
+    let base = shell.rsplit('/').next().unwrap_or(shell);
+    if !matches!(
+        base,
+        "sh" | "bash" | "dash" | "ash" | "zsh" | "ksh" | "mksh"
+    ) {
+        return None;
+    }
+    let is_dash_c = |a: &String| {
+        a.len() > 1
+            && a.starts_with('-')
+            && !a.starts_with("--")
+            && a[1..].chars().all(|c| c.is_ascii_alphabetic())
+            && a.contains('c')
+    };
+    (command.iter().skip(1).any(is_dash_c)
+        || (command.len() == 1 && args.first().is_some_and(is_dash_c)))
+    .then(|| {
+        command
+            .iter()
+            .chain(args)
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ")
+    })
+}
+
+pub fn owner_reference(job: &TrainingJob) -> OwnerReference {
+    job.controller_owner_ref(&())
+        .unwrap_or_else(|| OwnerReference {
+            api_version: TrainingJob::api_version(&()).into_owned(),
+            kind: TrainingJob::kind(&()).into_owned(),
+            name: job.name_any(),
+            uid: job.metadata.uid.clone().unwrap_or_default(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        })
+}
+
+pub fn job_labels(job: &TrainingJob) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "trainingjob".into()),
+        ("app.kubernetes.io/managed-by".into(), MANAGED_BY.into()),
+        (JOB_LABEL.into(), job.name_any()),
+    ])
+}
+
+/// The pods of one attempt, rank 0 first.
+pub fn build_pods(job: &TrainingJob, plan: &AttemptPlan) -> Result<Vec<Pod>, BuildError> {
+    (0..job.spec.replicas.max(1))
+        .map(|rank| build_pod(job, plan, rank))
+        .collect()
+}
+
+pub fn build_pod(job: &TrainingJob, plan: &AttemptPlan, rank: i32) -> Result<Pod, BuildError> {
+    let name = job.name_any();
+    let spec = &job.spec;
+    let template_meta = spec.template.metadata.clone().unwrap_or_default();
+    let mut pod_spec: PodSpec = spec.template.spec.clone().unwrap_or_default();
+    let trainer = trainer_index(&pod_spec.containers)?;
+
+    let volumes = pod_spec.volumes.get_or_insert_with(Vec::new);
+    for taken in [LAUNCHER_VOLUME, CHECKPOINT_VOLUME, SHM_VOLUME] {
+        if volumes.iter().any(|v| v.name == taken) {
+            return Err(BuildError::VolumeNameTaken(taken.into()));
+        }
+    }
+    volumes.push(Volume {
+        name: LAUNCHER_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity("64Mi".into())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    volumes.push(Volume {
+        name: CHECKPOINT_VOLUME.into(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: spec.checkpoint.claim_name.clone(),
+            read_only: None,
+        }),
+        ..Default::default()
+    });
+    if let Some(bytes) = plan.shm_bytes {
+        volumes.push(Volume {
+            name: SHM_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                size_limit: Some(Quantity(quantity::format_bytes(bytes))),
+            }),
+            ..Default::default()
+        });
+    }
+
+    let world = spec.replicas.max(1);
+    let master_addr = if world > 1 {
+        format!(
+            "{}.{}.{}.svc",
+            rank_hostname(&name, 0),
+            service_name(&name),
+            job.namespace().unwrap_or_default()
+        )
+    } else {
+        "localhost".into()
+    };
+    let mut ours = vec![
+        ("RANK", rank.to_string()),
+        ("WORLD_SIZE", world.to_string()),
+        ("MASTER_ADDR", master_addr),
+        ("MASTER_PORT", MASTER_PORT.to_string()),
+        ("TJ_JOB_NAME", name.clone()),
+        ("TJ_RANK", rank.to_string()),
+        ("TJ_WORLD_SIZE", world.to_string()),
+        ("TJ_ATTEMPT", plan.attempt.to_string()),
+        ("TJ_GRACE_SECONDS", plan.grace_seconds.to_string()),
+        ("TJ_CHECKPOINT_DIR", spec.checkpoint.mount_path.clone()),
+    ];
+    if let Some(interval) = plan.checkpoint_interval_seconds {
+        ours.push(("TJ_CHECKPOINT_INTERVAL_SECONDS", interval.to_string()));
+    }
+
+    let c = &mut pod_spec.containers[trainer];
+    let command = c.command.clone().unwrap_or_default();
+    if command.is_empty() {
+        return Err(BuildError::NoCommand);
+    }
+    if let Some(shell) = shell_form(&command, c.args.as_deref().unwrap_or_default()) {
+        return Err(BuildError::ShellForm(shell));
+    }
+    c.command = Some(
+        [LAUNCHER_PATH, "run", "--"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(command)
+            .collect(),
+    );
+    let env = c.env.get_or_insert_with(Vec::new);
+    // Ours win over the template's: a stale RANK from the template would
+    // make two pods claim the same rank.
+    env.retain(|e| !ours.iter().any(|(k, _)| *k == e.name));
+    env.extend(ours.into_iter().map(|(k, v)| EnvVar {
+        name: k.into(),
+        value: Some(v),
+        value_from: None,
+    }));
+    let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
+    let mut wanted = vec![
+        (LAUNCHER_VOLUME, LAUNCHER_DIR.to_string(), true),
+        (CHECKPOINT_VOLUME, spec.checkpoint.mount_path.clone(), false),
+    ];
+    if plan.shm_bytes.is_some() {
+        wanted.push((SHM_VOLUME, "/dev/shm".into(), false));
+    }
+    for (volume, path, read_only) in wanted {
+        if mounts
+            .iter()
+            .any(|m| m.mount_path.trim_end_matches('/') == path)
+        {
+            return Err(BuildError::MountTaken(path));
+        }
+        mounts.push(VolumeMount {
+            name: volume.into(),
+            mount_path: path,
+            read_only: read_only.then_some(true),
+            ..Default::default()
+        });
+    }
+    c.termination_message_policy = Some("File".into());
+    c.termination_message_path = None;
+    gpu_requests_match_limits(c);
+    let wants_gpu = c
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .is_some_and(|l| l.contains_key(GPU));
+
+    let inits = pod_spec.init_containers.get_or_insert_with(Vec::new);
+    inits.insert(0, launcher_installer(&plan.operator_image));
+
+    pod_spec.restart_policy = Some("Never".into());
+    pod_spec.termination_grace_period_seconds = Some(plan.grace_seconds);
+    // The trainer needs no API access: its report travels in the
+    // termination message. A token is mounted only when the template asks.
+    if pod_spec.automount_service_account_token.is_none() {
+        pod_spec.automount_service_account_token = Some(false);
+    }
+    if world > 1 {
+        pod_spec.hostname = Some(rank_hostname(&name, rank));
+        pod_spec.subdomain = Some(service_name(&name));
+    }
+    let tolerations = pod_spec.tolerations.get_or_insert_with(Vec::new);
+    let mut add_toleration = |t: Toleration| {
+        if !tolerations.contains(&t) {
+            tolerations.push(t);
+        }
+    };
+    if wants_gpu {
+        // What the ExtendedResourceToleration admission plugin would add:
+        // GPU node pools are commonly tainted nvidia.com/gpu:NoSchedule.
+        add_toleration(Toleration {
+            key: Some(GPU.into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Default::default()
+        });
+    }
+    if let Some(spot) = &spec.spot {
+        let (label, value, taint) = spot_convention(spot.provider);
+        pod_spec
+            .node_selector
+            .get_or_insert_with(BTreeMap::new)
+            .insert(label.into(), value.into());
+        if taint {
+            add_toleration(Toleration {
+                key: Some(label.into()),
+                operator: Some("Equal".into()),
+                value: Some(value.into()),
+                effect: Some("NoSchedule".into()),
+                ..Default::default()
+            });
+        }
+    }
+    if pod_spec.tolerations.as_ref().is_some_and(|t| t.is_empty()) {
+        pod_spec.tolerations = None;
+    }
+
+    let mut labels = template_meta.labels.unwrap_or_default();
+    labels.extend(job_labels(job));
+    labels.insert(RANK_LABEL.into(), rank.to_string());
+    labels.insert(ATTEMPT_LABEL.into(), plan.attempt.to_string());
+    Ok(Pod {
+        metadata: ObjectMeta {
+            name: Some(pod_name(&name, plan.attempt, rank)),
+            namespace: job.namespace(),
+            labels: Some(labels),
+            annotations: template_meta.annotations,
+            owner_references: Some(vec![owner_reference(job)]),
+            ..Default::default()
+        },
+        spec: Some(pod_spec),
+        status: None,
+    })
+}
+
+/// Node label, value, and whether spot nodes are also tainted with it.
+fn spot_convention(provider: SpotProvider) -> (&'static str, &'static str, bool) {
+    match provider {
+        SpotProvider::Gke => ("cloud.google.com/gke-spot", "true", true),
+        SpotProvider::Eks => ("eks.amazonaws.com/capacityType", "SPOT", false),
+        SpotProvider::Karpenter => ("karpenter.sh/capacity-type", "spot", false),
+        SpotProvider::Aks => ("kubernetes.azure.com/scalesetpriority", "spot", true),
+    }
+}
+
+/// Extended resources need requests equal to limits; a template that gives
+/// only one gets the other.
+fn gpu_requests_match_limits(c: &mut Container) {
+    let Some(res) = c.resources.as_mut() else {
+        return;
+    };
+    let limit = res.limits.as_ref().and_then(|l| l.get(GPU)).cloned();
+    let request = res.requests.as_ref().and_then(|r| r.get(GPU)).cloned();
+    match (limit, request) {
+        (Some(l), None) => {
+            res.requests
+                .get_or_insert_with(BTreeMap::new)
+                .insert(GPU.into(), l);
+        }
+        (None, Some(r)) => {
+            res.limits
+                .get_or_insert_with(BTreeMap::new)
+                .insert(GPU.into(), r);
+        }
+        _ => {}
+    }
+}
+
+/// Copies the launcher out of the operator's image into the shared emptyDir.
+fn launcher_installer(image: &str) -> Container {
+    let tiny = BTreeMap::from([
+        ("cpu".to_string(), Quantity("10m".into())),
+        ("memory".to_string(), Quantity("16Mi".into())),
+    ]);
+    Container {
+        name: "tj-launcher-install".into(),
+        image: Some(image.into()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(vec![
+            LAUNCHER_IN_IMAGE.into(),
+            "install".into(),
+            LAUNCHER_PATH.into(),
+        ]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: LAUNCHER_VOLUME.into(),
+            mount_path: LAUNCHER_DIR.into(),
+            ..Default::default()
+        }]),
+        resources: Some(k8s_openapi::api::core::v1::ResourceRequirements {
+            requests: Some(tiny.clone()),
+            limits: Some(tiny),
+            ..Default::default()
+        }),
+        security_context: Some(k8s_openapi::api::core::v1::SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(k8s_openapi::api::core::v1::Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The headless Service that gives every rank a DNS name, so rank 0 is
+/// reachable as MASTER_ADDR. Only multi-rank jobs get one.
+pub fn build_service(job: &TrainingJob) -> Option<Service> {
+    if job.spec.replicas <= 1 {
+        return None;
+    }
+    Some(Service {
+        metadata: ObjectMeta {
+            name: Some(service_name(&job.name_any())),
+            namespace: job.namespace(),
+            labels: Some(job_labels(job)),
+            owner_references: Some(vec![owner_reference(job)]),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            // Ranks rendezvous before any is Ready.
+            publish_not_ready_addresses: Some(true),
+            selector: Some(BTreeMap::from([(JOB_LABEL.to_string(), job.name_any())])),
+            ports: Some(vec![ServicePort {
+                name: Some("rendezvous".into()),
+                port: MASTER_PORT,
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+#[cfg(test)]
+mod tests;
