@@ -2,8 +2,14 @@
 //! preemptions. See DESIGN.md in the project's shared folder for the shape.
 
 pub mod api;
+pub mod conditions;
+pub mod controller;
 pub mod crd;
+pub mod error;
 pub mod grace;
+pub mod lifecycle;
+pub mod metrics;
+pub mod observe;
 pub mod pods;
 pub mod quantity;
 pub mod shm;

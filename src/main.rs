@@ -1,17 +1,210 @@
-//! The operator binary. The controller itself is the library's; this file
-//! only parses the command line.
+//! The operator binary: parses the command line, waits for the CRD, serves
+//! health and metrics, and runs the controller.
 
-fn main() {
-    let version = env!("CARGO_PKG_VERSION");
-    match std::env::args().nth(1).as_deref() {
-        Some("--version") | Some("version") => println!("trainingjob-operator {version}"),
-        Some("crd") => print!("{}", trainingjob_operator::crd::yaml()),
-        _ => {
-            eprintln!(
-                "trainingjob-operator {version}\n\nUSAGE:\n  trainingjob-operator crd        print the CRD\n  \
-                 trainingjob-operator version    print the version"
-            );
-            std::process::exit(2);
+use axum::{extract::State, http::StatusCode, routing::get, Router};
+use clap::{Parser, Subcommand, ValueEnum};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{Api, Client, Config};
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{error, info, warn};
+use trainingjob_operator::controller::{self, Context};
+use trainingjob_operator::metrics::Metrics;
+
+#[derive(Parser)]
+#[command(
+    name = "trainingjob-operator",
+    version,
+    about = "Keeps GPU training jobs alive across spot preemptions"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller.
+    Run(RunArgs),
+    /// Print the CustomResourceDefinition.
+    Crd,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Kubeconfig to use; without it, KUBECONFIG, ~/.kube/config, then the
+    /// in-cluster service account.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// Image the training pods copy the launcher from: the operator's own.
+    #[arg(
+        long,
+        env = "OPERATOR_IMAGE",
+        default_value = "localhost/trainingjob-operator:dev"
+    )]
+    operator_image: String,
+    /// Watch one namespace only (default: all).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+struct Http {
+    registry: Registry,
+    ready: AtomicBool,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Crd => {
+            print!("{}", trainingjob_operator::crd::yaml());
+            0
         }
+        Command::Run(args) => run(args).await,
+    };
+    std::process::exit(code);
+}
+
+async fn run(args: RunArgs) -> i32 {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Json => fmt.json().init(),
+        LogFormat::Text => fmt.init(),
+    }
+
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = match kube::config::Kubeconfig::read_from(path) {
+                Ok(k) => k,
+                Err(e) => {
+                    error!("cannot read kubeconfig {}: {e}", path.display());
+                    return 1;
+                }
+            };
+            Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await
+        }
+        None => Config::infer()
+            .await
+            .map_err(|e| kube::config::KubeconfigError::LoadContext(e.to_string())),
+    };
+    let client = match config
+        .map_err(|e| e.to_string())
+        .and_then(|c| Client::try_from(c).map_err(|e| e.to_string()))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            error!("cannot build a Kubernetes client: {e}");
+            return 1;
+        }
+    };
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let http = Arc::new(Http {
+        registry,
+        ready: AtomicBool::new(false),
+    });
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!("cannot listen on {}: {e}", args.listen);
+            return 1;
+        }
+    };
+    info!("serving /healthz, /readyz and /metrics on {}", args.listen);
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(http.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let ctx = Arc::new(Context::new(client.clone(), metrics, args.operator_image));
+    let controller = tokio::spawn({
+        let http = http.clone();
+        async move {
+            wait_for_crd(client).await;
+            http.ready.store(true, Ordering::SeqCst);
+            info!("TrainingJob CRD found; controller running");
+            controller::run(ctx, args.namespace).await;
+        }
+    });
+
+    // Both tasks are critical: a dead health server would get the pod
+    // restarted anyway, and a dead controller must not look healthy.
+    tokio::select! {
+        r = server => { error!("the HTTP server stopped: {r:?}"); 1 }
+        r = controller => match r {
+            Ok(()) => { info!("controller stopped"); 0 }
+            Err(e) => { error!("the controller task died: {e}"); 1 }
+        },
+    }
+}
+
+/// The operator stays up without its CRD (installed later, or being
+/// upgraded) and only reports not-ready until it appears.
+async fn wait_for_crd(client: Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    let mut warned = false;
+    loop {
+        match crds.get_opt("trainingjobs.trainingjob.dev").await {
+            Ok(Some(crd)) if established(&crd) => return,
+            Ok(_) if !warned => {
+                warn!("waiting for the TrainingJob CRD: install it with `kubectl apply --server-side -f crds/`");
+                warned = true;
+            }
+            Err(e) if !warned => {
+                warn!("cannot read the TrainingJob CRD yet: {e}");
+                warned = true;
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+fn established(crd: &CustomResourceDefinition) -> bool {
+    crd.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        })
+}
+
+async fn readyz(State(http): State<Arc<Http>>) -> (StatusCode, &'static str) {
+    if http.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ok")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the TrainingJob CRD",
+        )
+    }
+}
+
+async fn metrics_text(State(http): State<Arc<Http>>) -> (StatusCode, String) {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &http.registry) {
+        Ok(()) => (StatusCode::OK, body),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

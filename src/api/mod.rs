@@ -308,10 +308,44 @@ pub struct TrainingJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recommended_checkpoint_interval_seconds: Option<i64>,
 
+    /// The latest preemptions and failures, newest last (at most
+    /// MAX_INTERRUPTIONS): which attempt, which rank, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interruptions: Vec<Interruption>,
+
     /// Ready, Succeeded, Failed, and one condition per problem found.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]
     pub conditions: Vec<Condition>,
+}
+
+/// How many interruptions status keeps.
+pub const MAX_INTERRUPTIONS: usize = 10;
+
+/// Why an attempt ended before the job did.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Interruption {
+    /// The attempt that ended.
+    pub attempt: i32,
+    /// Preemption (never counted against backoffLimit) or Failure.
+    pub kind: InterruptionKind,
+    /// The first rank seen interrupted.
+    pub rank: i32,
+    /// A machine-readable reason, e.g. EvictionByEvictionAPI, PodDeleted,
+    /// DeletionByTaintManager, TerminatedAfterSignal, ExitCode.
+    pub reason: String,
+    /// What happened, for people.
+    pub message: String,
+}
+
+/// Whether an interruption was the infrastructure's doing or the trainer's.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum InterruptionKind {
+    /// The pod was taken away (preemption, eviction, deletion, node loss).
+    Preemption,
+    /// The trainer exited non-zero without having been signalled.
+    Failure,
 }
 
 /// A complete checkpoint, as the launcher found it on the volume.

@@ -1,0 +1,381 @@
+use super::*;
+use crate::api::TrainingJob;
+use launcher::report::{LastCheckpoint, Report, Saves, State};
+use serde_json::json;
+
+fn job(status: Option<TrainingJobStatus>) -> TrainingJob {
+    let mut j: TrainingJob = serde_json::from_value(json!({
+        "apiVersion": "trainingjob.dev/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": "j", "namespace": "ns", "generation": 1, "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"replicas": 2, "backoffLimit": 1,
+                 "checkpoint": {"claimName": "c"},
+                 "preemption": {"noticeSeconds": 30, "maxPreemptions": 2},
+                 "template": {"spec": {"containers": [{"name": "trainer", "image": "i", "command": ["t"]}]}}}
+    }))
+    .unwrap();
+    j.status = status;
+    j
+}
+
+fn now() -> Timestamp {
+    "2026-01-01T01:00:00Z".parse().unwrap()
+}
+
+fn pv(attempt: i32, rank: i32) -> PodView {
+    PodView {
+        name: crate::pods::pod_name("j", attempt, rank),
+        rank,
+        attempt,
+        live: true,
+        deleting: false,
+        running: true,
+        outcome: None,
+        report: None,
+        finished_at: None,
+    }
+}
+
+fn ended(mut p: PodView, outcome: Outcome) -> PodView {
+    p.live = false;
+    p.running = false;
+    p.outcome = Some(outcome);
+    p.finished_at = Some(now() - SignedDuration::from_secs(60));
+    p
+}
+
+fn run(j: &TrainingJob, pods: &[PodView]) -> Decision {
+    decide(&Inputs {
+        job: j,
+        pods,
+        problems: &[],
+        now: now(),
+    })
+}
+
+fn status(phase: Phase, attempt: i32) -> TrainingJobStatus {
+    TrainingJobStatus {
+        phase: Some(phase),
+        attempt,
+        ..Default::default()
+    }
+}
+
+fn cond<'a>(
+    s: &'a TrainingJobStatus,
+    t: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .unwrap_or_else(|| panic!("no {t} condition"))
+}
+
+#[test]
+fn a_new_job_starts_attempt_one_with_the_whole_notice_as_grace() {
+    let d = run(&job(None), &[]);
+    assert_eq!(d.create_attempt, Some(1));
+    assert_eq!(d.status.attempt, 1);
+    assert_eq!(d.status.phase, Some(Phase::Pending));
+    assert_eq!(d.status.grace_period_seconds, Some(30));
+    assert_eq!(d.events[0].1, "Started");
+}
+
+#[test]
+fn all_ranks_running_is_running_and_ready() {
+    let d = run(&job(Some(status(Phase::Pending, 1))), &[pv(1, 0), pv(1, 1)]);
+    assert_eq!(d.status.phase, Some(Phase::Running));
+    assert_eq!(cond(&d.status, READY).status, "True");
+    assert_eq!(d.create_attempt, None);
+    assert!(d.delete.is_empty());
+}
+
+#[test]
+fn one_rank_still_pending_is_not_ready() {
+    let mut p1 = pv(1, 1);
+    p1.running = false;
+    let d = run(&job(Some(status(Phase::Pending, 1))), &[pv(1, 0), p1]);
+    assert_eq!(d.status.phase, Some(Phase::Pending));
+    assert_eq!(
+        cond(&d.status, READY).message,
+        "attempt 1: 1 of 2 ranks running"
+    );
+}
+
+#[test]
+fn a_disrupted_rank_stops_the_whole_gang_and_counts_a_preemption_not_a_failure() {
+    let mut p0 = pv(1, 0);
+    p0.deleting = true;
+    p0.outcome = Some(Outcome::Disrupted {
+        reason: "EvictionByEvictionAPI".into(),
+        message: "drain".into(),
+    });
+    let d = run(&job(Some(status(Phase::Running, 1))), &[p0, pv(1, 1)]);
+    assert_eq!(d.status.phase, Some(Phase::Stopping));
+    assert_eq!((d.status.preemptions, d.status.failures), (1, 0));
+    // Rank 0 is already being deleted; rank 1 is stopped at once.
+    assert_eq!(d.delete, vec!["j-a1-r1".to_string()]);
+    let i = &d.status.interruptions[0];
+    assert_eq!(
+        (i.attempt, i.rank, i.kind),
+        (1, 0, InterruptionKind::Preemption)
+    );
+    assert_eq!(i.reason, "EvictionByEvictionAPI");
+    assert_eq!(d.create_attempt, None);
+}
+
+#[test]
+fn a_vanished_pod_is_a_preemption() {
+    let d = run(&job(Some(status(Phase::Running, 1))), &[pv(1, 1)]);
+    assert_eq!(d.status.preemptions, 1);
+    assert_eq!(d.status.interruptions[0].reason, "PodDeleted");
+}
+
+#[test]
+fn no_new_attempt_while_any_old_pod_can_still_run() {
+    let mut s = status(Phase::Stopping, 1);
+    s.preemptions = 1;
+    s.interruptions.push(Interruption {
+        attempt: 1,
+        kind: InterruptionKind::Preemption,
+        rank: 0,
+        reason: "PodDeleted".into(),
+        message: String::new(),
+    });
+    let mut p1 = pv(1, 1);
+    p1.deleting = true;
+    let d = run(&job(Some(s.clone())), &[p1]);
+    assert_eq!(d.create_attempt, None);
+    assert!(d.delete.is_empty(), "already being deleted");
+    assert_eq!(d.status.phase, Some(Phase::Stopping));
+
+    // Once every old pod is gone (or terminal), the next attempt starts.
+    let gone = ended(
+        pv(1, 1),
+        Outcome::Disrupted {
+            reason: "PodDeleted".into(),
+            message: String::new(),
+        },
+    );
+    let d = run(&job(Some(s)), &[gone]);
+    assert_eq!(d.create_attempt, Some(2));
+    assert_eq!(d.status.phase, Some(Phase::Resuming));
+    assert_eq!(d.events.last().unwrap().1, "Resuming");
+}
+
+#[test]
+fn the_next_attempts_grace_is_sized_from_the_measured_save() {
+    let mut s = status(Phase::Stopping, 1);
+    s.preemptions = 1;
+    s.interruptions.push(Interruption {
+        attempt: 1,
+        kind: InterruptionKind::Preemption,
+        rank: 0,
+        reason: "x".into(),
+        message: String::new(),
+    });
+    let mut done = ended(
+        pv(1, 0),
+        Outcome::Disrupted {
+            reason: "x".into(),
+            message: String::new(),
+        },
+    );
+    done.report = Some(Report {
+        state: State::Signalled,
+        last_checkpoint: Some(LastCheckpoint {
+            step: 40,
+            path: "/c/step-40".into(),
+            bytes: 1000,
+            at_unix_ms: 0,
+        }),
+        saves: Some(Saves {
+            count: 3,
+            last_seconds: Some(4.0),
+            last_bytes: 1000,
+            p95_seconds: Some(6.0),
+            bytes_per_second: Some(250.0),
+        }),
+        ..Default::default()
+    });
+    let d = run(&job(Some(s)), &[done]);
+    assert_eq!(d.status.grace_period_seconds, Some(12)); // 6 x 1.5 + 3
+    assert_eq!(d.status.last_checkpoint.as_ref().unwrap().step, 40);
+    assert_eq!(d.status.save.as_ref().unwrap().p95_seconds, Some(6.0));
+    assert!(d.events.last().unwrap().2.contains("resuming from step 40"));
+}
+
+#[test]
+fn a_save_longer_than_the_notice_sets_a_condition_with_the_interval() {
+    let mut s = status(Phase::Stopping, 1);
+    s.save = Some(SaveStatus {
+        count: 1,
+        p95_seconds: Some(40.0),
+        ..Default::default()
+    });
+    s.interruptions.push(Interruption {
+        attempt: 1,
+        kind: InterruptionKind::Preemption,
+        rank: 0,
+        reason: "x".into(),
+        message: String::new(),
+    });
+    s.preemptions = 1;
+    let d = run(&job(Some(s)), &[]);
+    let c = cond(&d.status, GRACE_EXCEEDS_NOTICE);
+    assert_eq!(c.status, "True");
+    assert!(c.message.contains("needs 63s"), "{}", c.message);
+    assert!(c.message.contains("33s more than the 30s"), "{}", c.message);
+    assert!(
+        c.message.contains("TJ_CHECKPOINT_INTERVAL_SECONDS"),
+        "{}",
+        c.message
+    );
+    assert_eq!(d.status.grace_period_seconds, Some(30));
+    assert!(d.status.recommended_checkpoint_interval_seconds.is_some());
+}
+
+#[test]
+fn a_non_zero_exit_is_a_failure_then_backoff_then_failed_after_the_limit() {
+    let fail = |p| {
+        ended(
+            p,
+            Outcome::Failed {
+                exit_code: 1,
+                reason: "Error".into(),
+                message: "boom".into(),
+            },
+        )
+    };
+    let d = run(
+        &job(Some(status(Phase::Running, 1))),
+        &[fail(pv(1, 0)), pv(1, 1)],
+    );
+    assert_eq!((d.status.failures, d.status.preemptions), (1, 0));
+    assert_eq!(d.status.phase, Some(Phase::Stopping));
+    assert_eq!(d.delete, vec!["j-a1-r1".to_string()]);
+
+    // Backoff of 10 s measured from when the trainer exited (60 s ago): due.
+    let mut s = d.status.clone();
+    let d = run(
+        &job(Some(s.clone())),
+        &[fail(pv(1, 0)), ended(pv(1, 1), Outcome::Completed)],
+    );
+    assert_eq!(d.create_attempt, Some(2));
+
+    // A second failure exceeds backoffLimit 1.
+    s.attempt = 2;
+    s.phase = Some(Phase::Running);
+    let d = run(&job(Some(s)), &[fail(pv(2, 0)), pv(2, 1)]);
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+    assert_eq!(d.status.failures, 2);
+    let c = cond(&d.status, FAILED);
+    assert_eq!(c.reason, "BackoffLimitExceeded");
+    assert!(c.message.contains("exited with code 1"), "{}", c.message);
+    assert!(c.message.contains("boom"), "{}", c.message);
+    assert_eq!(d.delete, vec!["j-a2-r1".to_string()]);
+}
+
+#[test]
+fn backoff_waits_from_the_trainers_exit() {
+    let mut s = status(Phase::Stopping, 1);
+    s.failures = 1;
+    s.interruptions.push(Interruption {
+        attempt: 1,
+        kind: InterruptionKind::Failure,
+        rank: 0,
+        reason: "ExitCode1".into(),
+        message: String::new(),
+    });
+    let mut p = ended(
+        pv(1, 0),
+        Outcome::Failed {
+            exit_code: 1,
+            reason: "Error".into(),
+            message: String::new(),
+        },
+    );
+    p.finished_at = Some(now() - SignedDuration::from_secs(4));
+    let d = run(&job(Some(s)), &[p]);
+    assert_eq!(d.create_attempt, None);
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(6)));
+    assert_eq!(backoff_seconds(1), 10);
+    assert_eq!(backoff_seconds(3), 40);
+    assert_eq!(backoff_seconds(30), 300);
+}
+
+#[test]
+fn every_rank_completed_is_success() {
+    let d = run(
+        &job(Some(status(Phase::Running, 1))),
+        &[
+            ended(pv(1, 0), Outcome::Completed),
+            ended(pv(1, 1), Outcome::Completed),
+        ],
+    );
+    assert_eq!(d.status.phase, Some(Phase::Succeeded));
+    assert_eq!(cond(&d.status, SUCCEEDED).status, "True");
+    // One rank done, the other still running: keep going.
+    let d = run(
+        &job(Some(status(Phase::Running, 1))),
+        &[ended(pv(1, 0), Outcome::Completed), pv(1, 1)],
+    );
+    assert_eq!(d.status.phase, Some(Phase::Running));
+}
+
+#[test]
+fn max_preemptions_exhausted_fails_the_job() {
+    let mut s = status(Phase::Stopping, 3);
+    s.preemptions = 3;
+    s.interruptions.push(Interruption {
+        attempt: 3,
+        kind: InterruptionKind::Preemption,
+        rank: 0,
+        reason: "x".into(),
+        message: String::new(),
+    });
+    let d = run(&job(Some(s)), &[]);
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+    assert_eq!(cond(&d.status, FAILED).reason, "MaxPreemptionsExceeded");
+    assert_eq!(d.create_attempt, None);
+}
+
+#[test]
+fn pods_of_a_newer_attempt_mean_creation_was_interrupted() {
+    let d = run(&job(Some(status(Phase::Stopping, 1))), &[pv(2, 0)]);
+    assert_eq!(d.status.attempt, 2);
+    assert_eq!(d.create_attempt, Some(2));
+}
+
+#[test]
+fn a_spec_that_cannot_run_gets_a_condition_and_no_pods() {
+    let j = job(None);
+    let problems = vec!["claim \"c\" not found".to_string()];
+    let d = decide(&Inputs {
+        job: &j,
+        pods: &[],
+        problems: &problems,
+        now: now(),
+    });
+    assert_eq!(d.create_attempt, None);
+    let c = cond(&d.status, SPEC_PROBLEM);
+    assert_eq!(c.status, "True");
+    assert!(c.message.contains("not found"));
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(30)));
+}
+
+#[test]
+fn deciding_twice_on_the_same_world_writes_the_same_status() {
+    let j = job(Some(status(Phase::Pending, 1)));
+    let first = run(&j, &[pv(1, 0), pv(1, 1)]);
+    let again = run(&job(Some(first.status.clone())), &[pv(1, 0), pv(1, 1)]);
+    assert_eq!(again.status, first.status);
+    assert!(again.events.is_empty());
+    assert!(again.delete.is_empty() && again.create_attempt.is_none());
+}
+
+#[test]
+fn terminal_jobs_only_clean_up() {
+    let d = run(&job(Some(status(Phase::Failed, 2))), &[pv(2, 1)]);
+    assert_eq!(d.delete, vec!["j-a2-r1".to_string()]);
+    assert_eq!(d.create_attempt, None);
+}
