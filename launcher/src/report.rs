@@ -1,0 +1,415 @@
+//! The termination report: what the launcher tells the operator through the
+//! pod's termination message.
+//!
+//! This module depends on `serde`, `serde_json` and `std` only, so the operator
+//! can reuse the type (`#[path = "../launcher/src/report.rs"] mod report;` or a
+//! shared crate later) without pulling in anything Linux-specific.
+
+use serde::{Deserialize, Serialize};
+
+/// The kubelet reads at most this many bytes of a termination message (and the
+/// last ones if the file is longer), so a longer report would be cut mid-JSON.
+pub const MAX_REPORT_BYTES: usize = 4096;
+
+pub const REPORT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum State {
+    #[default]
+    Running,
+    /// Exited 0 without having been asked to stop: the job is done.
+    Completed,
+    /// Exited non-zero (or was killed) without having been asked to stop.
+    Failed,
+    /// A stop signal (SIGTERM, SIGINT, SIGHUP) reached the launcher before the
+    /// trainer exited: a preemption, whatever the exit code.
+    Signalled,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub version: u32,
+    pub state: State,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Name of the signal that killed the trainer ("SIGKILL"), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term_signal: Option<String>,
+    /// The first stop signal the launcher received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<SignalInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal_to_exit_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<CheckpointRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint: Option<LastCheckpoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saves: Option<Saves>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<Skipped>,
+    /// How many `skipped` entries were dropped to keep the report under
+    /// [`MAX_REPORT_BYTES`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped_omitted: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleaned: Option<Cleaned>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// Set when even path truncation could not make the report fit and only
+    /// the essentials were kept.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub truncated: bool,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SignalInfo {
+    pub name: String,
+    pub at_unix_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointRef {
+    pub step: u64,
+    pub path: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LastCheckpoint {
+    pub step: u64,
+    pub path: String,
+    pub bytes: u64,
+    pub at_unix_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Saves {
+    /// Saves observed completing during this attempt (not counting ones that
+    /// existed before the trainer started).
+    pub count: u32,
+    /// Seconds from the temporary name appearing to the final name, for the
+    /// last save whose start was seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seconds: Option<f64>,
+    pub last_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95_seconds: Option<f64>,
+    /// Total bytes over total seconds of the timed saves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_second: Option<f64>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    pub bytes: u64,
+    pub seconds: f64,
+    pub bytes_per_second: f64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Skipped {
+    pub path: String,
+    pub reason: String,
+}
+
+/// What the launcher removed before starting the trainer.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Cleaned {
+    pub tmp_entries: u32,
+    pub shm_entries: u32,
+}
+
+impl Report {
+    pub fn new(attempt: Option<u32>) -> Self {
+        Report {
+            version: REPORT_VERSION,
+            attempt,
+            ..Default::default()
+        }
+    }
+
+    /// Serialises the report so that it is valid JSON of at most
+    /// [`MAX_REPORT_BYTES`], whatever the lengths of the paths in it. Paths
+    /// keep their tail, because the step is encoded at the end of the name.
+    pub fn to_bounded_json(&self) -> Vec<u8> {
+        let fits = |r: &Report| {
+            let v = serde_json::to_vec(r).expect("report serialises");
+            (v.len() <= MAX_REPORT_BYTES).then_some(v)
+        };
+        if let Some(v) = fits(self) {
+            return v;
+        }
+        let mut r = self.clone();
+        for s in &mut r.skipped {
+            truncate_head(&mut s.path, 200);
+            truncate_head(&mut s.reason, 200);
+        }
+        r.truncate_paths(1024);
+        // Keep as many skipped entries as fit (the newest checkpoints come
+        // first), counting what was dropped so the reader knows. Sized entry by
+        // entry rather than by re-serialising after each drop: the list can be
+        // long.
+        let all = std::mem::take(&mut r.skipped);
+        let total = all.len() as u32 + r.skipped_omitted;
+        r.skipped_omitted = total;
+        let base =
+            serde_json::to_vec(&r).expect("report serialises").len() + r#","skipped":[]"#.len();
+        let mut used = base;
+        let mut keep = 0;
+        for s in &all {
+            let n = serde_json::to_vec(s).expect("entry serialises").len() + 1;
+            if used + n > MAX_REPORT_BYTES {
+                break;
+            }
+            used += n;
+            keep += 1;
+        }
+        r.skipped = all.into_iter().take(keep).collect();
+        r.skipped_omitted = total - keep as u32;
+        loop {
+            if let Some(v) = fits(&r) {
+                return v;
+            }
+            if r.skipped.pop().is_none() {
+                break;
+            }
+            r.skipped_omitted += 1;
+        }
+        for limit in [256, 64] {
+            r.truncate_paths(limit);
+            if let Some(v) = fits(&r) {
+                return v;
+            }
+        }
+        // Only reachable if a string escapes to something enormous (control
+        // characters become \uXXXX); keep what the operator decides on.
+        let minimal = Report {
+            version: r.version,
+            state: r.state,
+            exit_code: r.exit_code,
+            term_signal: r.term_signal.clone(),
+            signal: r.signal.clone(),
+            signal_to_exit_seconds: r.signal_to_exit_seconds,
+            attempt: r.attempt,
+            truncated: true,
+            ..Default::default()
+        };
+        serde_json::to_vec(&minimal).expect("minimal report serialises")
+    }
+}
+
+impl Report {
+    fn truncate_paths(&mut self, limit: usize) {
+        if let Some(c) = self.resumed_from.as_mut() {
+            truncate_head(&mut c.path, limit);
+        }
+        if let Some(c) = self.last_checkpoint.as_mut() {
+            truncate_head(&mut c.path, limit);
+        }
+        if let Some(s) = self.signal.as_mut() {
+            truncate_head(&mut s.name, limit);
+        }
+        if let Some(s) = self.term_signal.as_mut() {
+            truncate_head(s, limit);
+        }
+    }
+}
+
+/// Keeps the last `max_chars` characters of `s`, marking the cut with "...".
+fn truncate_head(s: &mut String, max_chars: usize) {
+    if s.len() <= max_chars {
+        return;
+    }
+    let n = s.chars().count();
+    if n <= max_chars {
+        return;
+    }
+    let keep = max_chars.saturating_sub(3);
+    let start = s
+        .char_indices()
+        .nth(n - keep)
+        .map(|(i, _)| i)
+        .unwrap_or(s.len());
+    *s = format!("...{}", &s[start..]);
+}
+
+/// Nearest-rank 95th percentile; `None` for no samples.
+pub fn p95(samples: &[f64]) -> Option<f64> {
+    percentile(samples, 95.0)
+}
+
+/// Nearest-rank percentile (the smallest sample with at least `pct` percent of
+/// samples at or below it), so the value is always one that was observed.
+pub fn percentile(samples: &[f64], pct: f64) -> Option<f64> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut v: Vec<f64> = samples.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((pct / 100.0) * v.len() as f64).ceil() as usize;
+    Some(v[rank.clamp(1, v.len()) - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full_report(path_len: usize, skipped: usize) -> Report {
+        let long = format!("/ckpt/{}/step-123", "d".repeat(path_len));
+        Report {
+            state: State::Signalled,
+            exit_code: Some(0),
+            term_signal: None,
+            signal: Some(SignalInfo {
+                name: "SIGTERM".into(),
+                at_unix_ms: 1_700_000_000_000,
+            }),
+            signal_to_exit_seconds: Some(1.25),
+            resumed_from: Some(CheckpointRef {
+                step: 100,
+                path: long.clone(),
+            }),
+            last_checkpoint: Some(LastCheckpoint {
+                step: 123,
+                path: long.clone(),
+                bytes: 14 << 30,
+                at_unix_ms: 1_700_000_001_000,
+            }),
+            saves: Some(Saves {
+                count: 3,
+                last_seconds: Some(21.1),
+                last_bytes: 14 << 30,
+                p95_seconds: Some(22.0),
+                bytes_per_second: Some(6.6e8),
+            }),
+            probe: Some(Probe {
+                bytes: 64 << 20,
+                seconds: 0.04,
+                bytes_per_second: 1.6e9,
+            }),
+            skipped: (0..skipped)
+                .map(|i| Skipped {
+                    path: format!("{long}-{i}"),
+                    reason: "MANIFEST.json lists model.bin with 10 bytes, found 3".into(),
+                })
+                .collect(),
+            cleaned: Some(Cleaned {
+                tmp_entries: 2,
+                shm_entries: 1,
+            }),
+            ..Report::new(Some(7))
+        }
+    }
+
+    #[test]
+    fn small_report_is_untouched() {
+        let r = full_report(10, 2);
+        let v = r.to_bounded_json();
+        let back: Report = serde_json::from_slice(&v).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn report_fits_whatever_the_path_lengths() {
+        for path_len in [0, 100, 1000, 4000, 5000, 100_000] {
+            for skipped in [0, 1, 5, 50, 2000] {
+                if path_len * skipped > 10_000_000 {
+                    continue;
+                }
+                let r = full_report(path_len, skipped);
+                let v = r.to_bounded_json();
+                assert!(
+                    v.len() <= MAX_REPORT_BYTES,
+                    "{path_len}/{skipped}: {}",
+                    v.len()
+                );
+                let back: Report = serde_json::from_slice(&v).unwrap();
+                assert_eq!(back.state, State::Signalled);
+                assert_eq!(back.exit_code, Some(0));
+                assert_eq!(back.attempt, Some(7));
+                let last = back.last_checkpoint.expect("last checkpoint kept");
+                assert_eq!(last.step, 123);
+                assert!(last.path.ends_with("/step-123"), "{}", last.path);
+                assert_eq!(
+                    back.skipped.len() as u32 + back.skipped_omitted,
+                    skipped as u32
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn escaped_control_characters_still_fit() {
+        let mut r = full_report(10, 0);
+        r.last_checkpoint.as_mut().unwrap().path = "\u{1}".repeat(3000);
+        let v = r.to_bounded_json();
+        assert!(v.len() <= MAX_REPORT_BYTES);
+        serde_json::from_slice::<Report>(&v).unwrap();
+    }
+
+    #[test]
+    fn multibyte_paths_are_cut_on_char_boundaries() {
+        let mut s = "é".repeat(5000);
+        truncate_head(&mut s, 64);
+        assert_eq!(s.chars().count(), 64);
+        assert!(s.starts_with("...é"));
+    }
+
+    #[test]
+    fn keys_are_camel_case() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&full_report(1, 1).to_bounded_json()).unwrap();
+        for k in [
+            "version",
+            "state",
+            "exitCode",
+            "signal",
+            "signalToExitSeconds",
+            "resumedFrom",
+            "lastCheckpoint",
+            "saves",
+            "probe",
+            "skipped",
+            "attempt",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k}: {v}");
+        }
+        assert_eq!(v["state"], "signalled");
+        assert_eq!(v["signal"]["atUnixMs"], 1_700_000_000_000u64);
+        assert!(v["saves"]["p95Seconds"].is_number());
+    }
+
+    #[test]
+    fn p95_is_nearest_rank() {
+        assert_eq!(p95(&[]), None);
+        assert_eq!(p95(&[3.0]), Some(3.0));
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(p95(&v), Some(95.0));
+        let v: Vec<f64> = (1..=20).rev().map(f64::from).collect();
+        assert_eq!(p95(&v), Some(19.0));
+        assert_eq!(percentile(&[1.0, 2.0], 50.0), Some(1.0));
+        assert_eq!(percentile(&[1.0, 2.0], 99.0), Some(2.0));
+    }
+}

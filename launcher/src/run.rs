@@ -1,0 +1,597 @@
+//! The supervisor: prepare, start the trainer, forward signals, reap, watch
+//! saves, report, and exit with the trainer's status. Single-threaded around
+//! one poll(2) on a signalfd and an inotify fd, so a signal is never waiting
+//! behind anything slower than a stat of a checkpoint.
+
+use crate::checkpoint::{self, Candidate, Name, Verdict};
+use crate::cli::Config;
+use crate::forward;
+use crate::report::{CheckpointRef, Cleaned, LastCheckpoint, Probe, Report, SignalInfo, State};
+use crate::reportfile::ReportFile;
+use crate::saves::{round6, Action, Stats, Tracker};
+use crate::sys::{self, Exit, Inotify};
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Kept back from the grace period when telling the trainer its deadline: the
+/// launcher still has to see the exit and write the report, and the kubelet's
+/// clock started before the signal reached us.
+const DEADLINE_RESERVE_SECONDS: f64 = 1.0;
+
+macro_rules! log {
+    ($($t:tt)*) => { eprintln!("launcher: {}", format!($($t)*)) };
+}
+
+struct Supervisor {
+    cfg: Config,
+    report: Report,
+    out: ReportFile,
+    stats: Stats,
+    tracker: Tracker,
+    signal_at: Option<Instant>,
+    deadline_file: PathBuf,
+}
+
+impl Supervisor {
+    fn publish(&mut self) {
+        let bytes = self.report.to_bounded_json();
+        self.out.write(&bytes);
+    }
+
+    fn set_last_checkpoint(&mut self, step: u64, path: &Path, bytes: u64, at_unix_ms: u64) {
+        if self
+            .report
+            .last_checkpoint
+            .as_ref()
+            .is_some_and(|l| l.step > step)
+        {
+            return;
+        }
+        self.report.last_checkpoint = Some(LastCheckpoint {
+            step,
+            path: path.to_string_lossy().into_owned(),
+            bytes,
+            at_unix_ms,
+        });
+    }
+}
+
+pub fn run(cfg: Config) -> i32 {
+    let mut handled = sys::FORWARDED.to_vec();
+    handled.push(libc::SIGCHLD);
+    let sfd = match sys::signalfd_for(&handled) {
+        Ok(fd) => fd,
+        Err(e) => {
+            log!("cannot set up signal handling: {e}");
+            return 1;
+        }
+    };
+    if let Err(e) = sys::set_child_subreaper() {
+        log!("PR_SET_CHILD_SUBREAPER failed ({e}); orphans will not be reaped unless PID 1");
+    }
+    let deadline_file = cfg
+        .shm_dir
+        .join(format!("tj-deadline-{}", std::process::id()));
+    let mut sv = Supervisor {
+        report: Report::new(cfg.attempt),
+        out: ReportFile::new(cfg.report_path.clone()),
+        stats: Stats::default(),
+        tracker: Tracker::default(),
+        signal_at: None,
+        deadline_file,
+        cfg,
+    };
+
+    let resume = sv
+        .cfg
+        .checkpoint_dir
+        .clone()
+        .and_then(|d| prepare_checkpoints(&mut sv, &d));
+    let shm_removed = match crate::shm::clean(&sv.cfg.shm_dir) {
+        Ok(n) => n,
+        Err(e) => {
+            log!(
+                "not cleaning {}: cannot tell what is in use ({e})",
+                sv.cfg.shm_dir.display()
+            );
+            0
+        }
+    };
+    if shm_removed > 0 {
+        log!(
+            "removed {shm_removed} stale entries from {}",
+            sv.cfg.shm_dir.display()
+        );
+    }
+    let cleaned = sv.report.cleaned.get_or_insert_with(Cleaned::default);
+    cleaned.shm_entries = shm_removed;
+    if *cleaned == Cleaned::default() {
+        sv.report.cleaned = None;
+    }
+    if sv.cfg.probe {
+        if let Some(dir) = sv.cfg.checkpoint_dir.clone() {
+            match probe(&dir, sv.cfg.probe_bytes) {
+                Ok(p) => {
+                    log!(
+                        "probe: {} bytes in {:.3}s ({:.0} MB/s)",
+                        p.bytes,
+                        p.seconds,
+                        p.bytes_per_second / 1e6
+                    );
+                    sv.report.probe = Some(p);
+                }
+                Err(e) => log!("probe of {} failed: {e}", dir.display()),
+            }
+        }
+    }
+
+    // A stop signal that arrived while we prepared: the pod is going away, so
+    // do not start a trainer only to interrupt it.
+    if let Ok(sigs) = sys::read_signals(&sfd) {
+        if let Some(s) = sigs.iter().find(|s| sys::is_stop_signal(s.signo)) {
+            sv.report.signal = Some(SignalInfo {
+                name: sys::signal_name(s.signo),
+                at_unix_ms: sys::now_unix_ms(),
+            });
+            sv.report.state = State::Signalled;
+            sv.report.exit_code = Some(128 + s.signo);
+            sv.publish();
+            log!(
+                "{} before the trainer started; not starting it",
+                sys::signal_name(s.signo)
+            );
+            return 128 + s.signo;
+        }
+    }
+
+    let mut cmd = Command::new(&sv.cfg.command[0]);
+    cmd.args(&sv.cfg.command[1..]);
+    child_env(&mut cmd, &sv.cfg, resume.as_ref(), &sv.deadline_file);
+    // The signal mask survives fork and exec, and std does not reset it: a
+    // trainer started with our mask would never see SIGTERM.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(sys::unblock_all_signals);
+    }
+    sv.publish();
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = match e.kind() {
+                io::ErrorKind::NotFound => 127,
+                _ => 126,
+            };
+            log!("cannot start {:?}: {e}", sv.cfg.command[0]);
+            sv.report.state = State::Failed;
+            sv.report.exit_code = Some(code);
+            sv.publish();
+            return code;
+        }
+    };
+    let child_pid = child.id() as i32;
+    // We reap with waitpid(-1) ourselves (orphans too); the Child handle is
+    // not needed, and dropping it neither waits nor kills.
+    drop(child);
+
+    let mut watch = Watch::new(sv.cfg.checkpoint_dir.as_deref());
+    let exit = loop {
+        let mut fds = vec![sfd.as_raw_fd()];
+        if let Some(w) = &watch {
+            fds.push(w.ino.raw_fd());
+        }
+        let ready = match sys::poll_readable(&fds, -1) {
+            Ok(r) => r,
+            Err(e) => {
+                log!("poll failed: {e}");
+                vec![true; fds.len()]
+            }
+        };
+        if ready[0] {
+            for s in sys::read_signals(&sfd).unwrap_or_default() {
+                if s.signo != libc::SIGCHLD {
+                    forward_signal(&mut sv, child_pid, s.signo);
+                }
+            }
+        }
+        if ready.get(1) == Some(&true) {
+            if let Some(w) = watch.as_mut() {
+                w.handle(&mut sv);
+            }
+        }
+        // SIGCHLDs coalesce, so reap everything whenever we wake.
+        if let Some(exit) = sys::reap_all()
+            .into_iter()
+            .find_map(|(pid, exit)| (pid == child_pid).then_some(exit))
+        {
+            break exit;
+        }
+    };
+    // Saves that finished just before the exit may still be queued.
+    if let Some(w) = watch.as_mut() {
+        w.handle(&mut sv);
+    }
+    finish(&mut sv, exit)
+}
+
+fn child_env(cmd: &mut Command, cfg: &Config, resume: Option<&Candidate>, deadline_file: &Path) {
+    match resume {
+        Some(c) => {
+            cmd.env("TJ_RESUME_PATH", &c.path);
+            cmd.env("TJ_RESUME_STEP", c.step.to_string());
+        }
+        // Never let a stale value from the pod spec point at a torn save.
+        None => {
+            cmd.env_remove("TJ_RESUME_PATH");
+            cmd.env_remove("TJ_RESUME_STEP");
+        }
+    }
+    if let Some(d) = &cfg.checkpoint_dir {
+        cmd.env("TJ_CHECKPOINT_DIR", d);
+    }
+    cmd.env("TJ_GRACE_SECONDS", fmt_seconds(cfg.grace_seconds));
+    cmd.env(
+        "TJ_DEADLINE_SECONDS",
+        fmt_seconds((cfg.grace_seconds - DEADLINE_RESERVE_SECONDS).max(0.0)),
+    );
+    cmd.env("TJ_DEADLINE_FILE", deadline_file);
+}
+
+fn fmt_seconds(s: f64) -> String {
+    if s.fract() == 0.0 {
+        format!("{}", s as u64)
+    } else {
+        format!("{s}")
+    }
+}
+
+/// Cleans temporaries, picks the checkpoint to resume from, and records both
+/// in the report. Returns the pick.
+fn prepare_checkpoints(sv: &mut Supervisor, dir: &Path) -> Option<Candidate> {
+    if let Err(e) = fs::create_dir_all(dir) {
+        log!("checkpoint dir {}: {e}", dir.display());
+    }
+    let scan = match checkpoint::scan(dir) {
+        Ok(s) => s,
+        Err(e) => {
+            log!("cannot list {}: {e}; starting from scratch", dir.display());
+            return None;
+        }
+    };
+    if sv.cfg.cleans_temporaries() {
+        let (removed, failed) = checkpoint::remove_temporaries(&scan.temporaries);
+        if removed > 0 {
+            log!(
+                "removed {removed} temporaries left by dead writers in {}",
+                dir.display()
+            );
+            sv.report
+                .cleaned
+                .get_or_insert_with(Cleaned::default)
+                .tmp_entries = removed;
+        }
+        sv.report.skipped.extend(failed);
+        remove_old_probes(dir);
+    }
+    let verify = sv.cfg.verify_hashes;
+    let (pick, skipped) = checkpoint::select(scan.candidates, |c| checkpoint::check(c, verify));
+    for s in &skipped {
+        log!("skipping {}: {}", s.path, s.reason);
+    }
+    sv.report.skipped.extend(skipped);
+    match &pick {
+        Some(c) => {
+            log!("resuming from {} (step {})", c.path.display(), c.step);
+            sv.report.resumed_from = Some(CheckpointRef {
+                step: c.step,
+                path: c.path.to_string_lossy().into_owned(),
+            });
+            let (bytes, at) = (
+                checkpoint::total_bytes(&c.path),
+                checkpoint::mtime_unix_ms(&c.path),
+            );
+            sv.set_last_checkpoint(c.step, &c.path, bytes, at);
+        }
+        None => log!(
+            "no complete checkpoint in {}; starting from scratch",
+            dir.display()
+        ),
+    }
+    pick
+}
+
+/// Probe files of a launcher killed mid-probe. Only old ones: a younger one
+/// may be another rank's probe in progress.
+fn remove_old_probes(dir: &Path) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(600));
+        if old && e.file_name().to_string_lossy().starts_with(".tj-probe-") {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Write, fsync, rename, fsync the directory, remove: what an atomic save
+/// costs on this volume, as a first bound before real saves are measured.
+fn probe(dir: &Path, bytes: u64) -> io::Result<Probe> {
+    // The hostname (pod name) keeps ranks sharing a volume apart; the pid is
+    // 1 in every container.
+    let base = format!(".tj-probe-{}-{}", sys::hostname(), std::process::id());
+    let part = dir.join(format!("{base}.part"));
+    let done = dir.join(&base);
+    // Not zeros: some filesystems and devices compress or skip them.
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in chunk.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+    }
+    let t0 = Instant::now();
+    let r = (|| {
+        let mut f = fs::File::create(&part)?;
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            f.write_all(&chunk[..n])?;
+            left -= n as u64;
+        }
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&part, &done)?;
+        sys::fsync_dir(dir)
+    })();
+    let seconds = t0.elapsed().as_secs_f64();
+    let _ = fs::remove_file(&part);
+    let _ = fs::remove_file(&done);
+    r?;
+    Ok(Probe {
+        bytes,
+        seconds: round6(seconds),
+        bytes_per_second: if seconds > 0.0 {
+            (bytes as f64 / seconds).round()
+        } else {
+            0.0
+        },
+    })
+}
+
+fn forward_signal(sv: &mut Supervisor, child: i32, sig: i32) {
+    let targets = forward::targets(child);
+    for &p in &targets {
+        // ESRCH: it exited meanwhile; its SIGCHLD is on the way.
+        let _ = sys::kill(p, sig);
+    }
+    // Bookkeeping only after the signal is on its way.
+    if !sys::is_stop_signal(sig) {
+        return;
+    }
+    log!("{} -> pid {:?}", sys::signal_name(sig), targets);
+    if sv.report.signal.is_some() {
+        return;
+    }
+    let now_ms = sys::now_unix_ms();
+    sv.signal_at = Some(Instant::now());
+    sv.report.signal = Some(SignalInfo {
+        name: sys::signal_name(sig),
+        at_unix_ms: now_ms,
+    });
+    let grace_ms = (sv.cfg.grace_seconds * 1000.0) as u64;
+    let body = format!(
+        "{{\"signal\":\"{}\",\"signalAtUnixMs\":{now_ms},\"graceSeconds\":{},\"deadlineUnixMs\":{}}}\n",
+        sys::signal_name(sig),
+        fmt_seconds(sv.cfg.grace_seconds),
+        (now_ms + grace_ms).saturating_sub((DEADLINE_RESERVE_SECONDS * 1000.0) as u64),
+    );
+    let part = sv.deadline_file.with_extension("part");
+    let r = fs::write(&part, body).and_then(|_| fs::rename(&part, &sv.deadline_file));
+    if let Err(e) = r {
+        log!("cannot write {}: {e}", sv.deadline_file.display());
+    }
+    sv.publish();
+}
+
+fn finish(sv: &mut Supervisor, exit: Exit) -> i32 {
+    let status = exit.status();
+    sv.report.exit_code = Some(status);
+    if let Exit::Signal(s) = exit {
+        sv.report.term_signal = Some(sys::signal_name(s));
+    }
+    sv.report.state = match (sv.report.signal.is_some(), exit) {
+        (true, _) => State::Signalled,
+        (false, Exit::Code(0)) => State::Completed,
+        (false, _) => State::Failed,
+    };
+    sv.report.signal_to_exit_seconds = sv.signal_at.map(|t| round6(t.elapsed().as_secs_f64()));
+    // inotify misses saves made from other nodes (NFS) and overflows; the
+    // directory itself is the truth about what exists.
+    if let Some(dir) = sv.cfg.checkpoint_dir.clone() {
+        if let Ok(scan) = checkpoint::scan(&dir) {
+            let newer = |c: &Candidate| {
+                sv.report
+                    .last_checkpoint
+                    .as_ref()
+                    .is_none_or(|l| c.step > l.step)
+            };
+            let cands: Vec<Candidate> = scan.candidates.into_iter().filter(newer).collect();
+            if let (Some(c), _) = checkpoint::select(cands, |c| checkpoint::check(c, false)) {
+                let (bytes, at) = (
+                    checkpoint::total_bytes(&c.path),
+                    checkpoint::mtime_unix_ms(&c.path),
+                );
+                sv.set_last_checkpoint(c.step, &c.path, bytes, at);
+            }
+        }
+    }
+    sv.publish();
+    let _ = fs::remove_file(&sv.deadline_file);
+    status
+}
+
+/// inotify on the checkpoint directory, plus one watch inside each checkpoint
+/// directory being written in place.
+struct Watch {
+    ino: Inotify,
+    dir: PathBuf,
+    top: i32,
+    inside: HashMap<i32, String>,
+}
+
+const TOP_MASK: u32 = libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_DELETE | libc::IN_ONLYDIR;
+const INSIDE_MASK: u32 = libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_ONLYDIR;
+
+impl Watch {
+    fn new(dir: Option<&Path>) -> Option<Watch> {
+        let dir = dir?;
+        let ino = Inotify::new()
+            .map_err(|e| log!("inotify unavailable ({e}); saves will not be timed"))
+            .ok()?;
+        let top = ino
+            .add_watch(dir, TOP_MASK)
+            .map_err(|e| {
+                log!(
+                    "cannot watch {} ({e}); saves will not be timed",
+                    dir.display()
+                )
+            })
+            .ok()?;
+        Some(Watch {
+            ino,
+            dir: dir.to_path_buf(),
+            top,
+            inside: HashMap::new(),
+        })
+    }
+
+    fn handle(&mut self, sv: &mut Supervisor) {
+        let events = match self.ino.read_events() {
+            Ok(e) => e,
+            Err(e) => {
+                log!("reading inotify events: {e}");
+                return;
+            }
+        };
+        for ev in events {
+            let now = Instant::now();
+            if ev.mask & libc::IN_Q_OVERFLOW != 0 {
+                // Lost events: fall back to the directory contents, untimed.
+                self.rescan(sv);
+                continue;
+            }
+            if ev.mask & libc::IN_IGNORED != 0 {
+                self.inside.remove(&ev.wd);
+                continue;
+            }
+            let Some(name) = ev.name.as_ref().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let action = if ev.wd == self.top {
+                let is_dir = ev.mask & libc::IN_ISDIR != 0;
+                if ev.mask & libc::IN_DELETE != 0 {
+                    sv.tracker.deleted(name);
+                    Action::Nothing
+                } else {
+                    let renamed = ev.mask & libc::IN_MOVED_TO != 0;
+                    sv.tracker.appeared(name, is_dir, renamed, now)
+                }
+            } else if let Some(dir) = self.inside.get(&ev.wd) {
+                sv.tracker.inside(dir, name)
+            } else {
+                Action::Nothing
+            };
+            match action {
+                Action::Nothing => {}
+                Action::WatchInside(name) => {
+                    self.watch_inside(&name);
+                    // The marker may have been written before the watch.
+                    self.check(sv, &name, None);
+                }
+                Action::Check { name, started } => self.check(sv, &name, started),
+            }
+        }
+    }
+
+    fn watch_inside(&mut self, name: &str) {
+        if self.inside.values().any(|n| n == name) {
+            return;
+        }
+        if let Ok(wd) = self.ino.add_watch(&self.dir.join(name), INSIDE_MASK) {
+            self.inside.insert(wd, name.to_string());
+        }
+    }
+
+    fn check(&mut self, sv: &mut Supervisor, name: &str, started: Option<Instant>) {
+        let Some(Name::Final { step, naming }) = checkpoint::parse_name(name) else {
+            return;
+        };
+        let path = self.dir.join(name);
+        let is_dir = path.is_dir();
+        let cand = Candidate {
+            step,
+            naming,
+            path: path.clone(),
+            is_dir,
+        };
+        if checkpoint::check(&cand, false) != Verdict::Complete {
+            if is_dir {
+                self.watch_inside(name);
+            }
+            return;
+        }
+        let seconds = started.map(|s| s.elapsed().as_secs_f64());
+        sv.tracker.completed(name);
+        if let Some((&wd, _)) = self.inside.iter().find(|(_, n)| *n == name) {
+            self.ino.rm_watch(wd);
+            self.inside.remove(&wd);
+        }
+        let bytes = checkpoint::total_bytes(&path);
+        sv.stats.record(bytes, seconds);
+        sv.report.saves = sv.stats.to_report();
+        sv.set_last_checkpoint(step, &path, bytes, sys::now_unix_ms());
+        sv.publish();
+    }
+
+    fn rescan(&mut self, sv: &mut Supervisor) {
+        let Ok(scan) = checkpoint::scan(&self.dir) else {
+            return;
+        };
+        if let (Some(c), _) = checkpoint::select(scan.candidates, |c| checkpoint::check(c, false)) {
+            let bytes = checkpoint::total_bytes(&c.path);
+            sv.set_last_checkpoint(c.step, &c.path, bytes, checkpoint::mtime_unix_ms(&c.path));
+            sv.publish();
+        }
+    }
+}
+
+pub fn main_with_args(args: Vec<OsString>) -> i32 {
+    match crate::cli::parse(&args, |k| std::env::var(k).ok()) {
+        Ok(crate::cli::Parsed::Help) => {
+            println!("{}", crate::cli::USAGE);
+            0
+        }
+        Ok(crate::cli::Parsed::Run(cfg)) => run(cfg),
+        Ok(crate::cli::Parsed::Install(dest)) => match crate::install::install_self(&dest) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("launcher: cannot install to {}: {e}", dest.display());
+                1
+            }
+        },
+        Err(e) => {
+            eprintln!("launcher: {e}\n\n{}", crate::cli::USAGE);
+            2
+        }
+    }
+}
