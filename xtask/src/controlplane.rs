@@ -98,6 +98,8 @@ pub fn up(paths: &Paths) -> Result<()> {
         &format!("--service-account-signing-key-file={}", f("sa.key")),
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         "--authorization-mode=Node,RBAC",
+        // The node's name resolves nowhere (no DNS here); its InternalIP does.
+        "--kubelet-preferred-address-types=InternalIP,Hostname",
         "--allow-privileged=true",
         "--enable-priority-and-fairness=false",
         "--profiling=false",
