@@ -7,7 +7,7 @@ use crate::lifecycle::{self, Decision, Inputs};
 use crate::metrics::{ErrorLabels, EventLabels, JobLabels, Metrics};
 use crate::observe::{self, PodView};
 use crate::pods::{self, AttemptPlan, JOB_LABEL, MANAGED_BY};
-use crate::{quantity, shm};
+use crate::{finalizers, quantity, shm};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::jiff::Timestamp;
@@ -114,12 +114,19 @@ async fn reconcile_inner(job: &TrainingJob, ctx: &Context) -> Result<Action> {
     let listed = pods_api
         .list(&ListParams::default().labels(&format!("{JOB_LABEL}={name}")))
         .await?;
-    let views: Vec<PodView> = listed
+    // Pods of an earlier job of the same name are the garbage collector's,
+    // but while one can still run it shares our checkpoint directory.
+    let (owned, earlier): (Vec<Pod>, Vec<Pod>) = listed
         .items
-        .iter()
-        .filter(|p| p.owner_references().iter().any(|o| o.uid == uid))
-        .filter_map(|p| observe::view(job, p))
-        .collect();
+        .into_iter()
+        .partition(|p| p.owner_references().iter().any(|o| o.uid == uid));
+    let earlier_running = earlier.iter().any(|p| {
+        !matches!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+    });
+    let views: Vec<PodView> = owned.iter().filter_map(|p| observe::view(job, p)).collect();
     let problems = preflight(job, ctx, &ns).await?;
     let decision = lifecycle::decide(&Inputs {
         job,
@@ -127,13 +134,18 @@ async fn reconcile_inner(job: &TrainingJob, ctx: &Context) -> Result<Action> {
         problems: &problems,
         now: Timestamp::now(),
     });
-    act(job, ctx, &ns, &views, decision).await
+    if earlier_running && decision.create_attempt.is_some() {
+        info!("waiting for the pods of an earlier job named {name} to stop");
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    act(job, ctx, &ns, &owned, &views, decision).await
 }
 
 async fn act(
     job: &TrainingJob,
     ctx: &Context,
     ns: &str,
+    listed: &[Pod],
     views: &[PodView],
     d: Decision,
 ) -> Result<Action> {
@@ -146,6 +158,11 @@ async fn act(
     }
     if job.status.as_ref() != Some(&d.status) {
         write_status(ctx, ns, &name, &d.status).await?;
+    }
+    // Only now that status holds their reports may finished pods go.
+    let pods_api = Api::<Pod>::namespaced(ctx.client.clone(), ns);
+    for pod in listed.iter().filter(|p| finalizers::releasable(p)) {
+        finalizers::release(&pods_api, pod).await?;
     }
     if let Some(grace) = d.status.grace_period_seconds {
         ctx.metrics
@@ -180,7 +197,6 @@ async fn act(
             warn!("could not publish event {reason}: {e}");
         }
     }
-    let pods_api = Api::<Pod>::namespaced(ctx.client.clone(), ns);
     for pod in &d.delete {
         match pods_api.delete(pod, &DeleteParams::default()).await {
             Ok(_) => info!(pod = %pod, "stopping pod gracefully"),

@@ -6,6 +6,7 @@ pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod finalizers;
 pub mod grace;
 pub mod lifecycle;
 pub mod metrics;

@@ -131,7 +131,7 @@ pub fn decide(inp: &Inputs) -> Decision {
 
     if matches!(phase, Phase::Succeeded | Phase::Failed) {
         // Terminal: only make sure nothing of the job keeps running.
-        d.delete = live_undeleted(inp.pods);
+        d.delete = to_stop(inp.pods, inp.now);
         return d;
     }
 
@@ -198,7 +198,14 @@ pub fn decide(inp: &Inputs) -> Decision {
         Phase::Pending | Phase::Running | Phase::Resuming => {
             if let Some((rank, reason, message)) = gang.disrupted(&name, s.attempt) {
                 s.preemptions += 1;
-                push_interruption(s, InterruptionKind::Preemption, rank, &reason, &message);
+                push_interruption(
+                    s,
+                    InterruptionKind::Preemption,
+                    rank,
+                    &reason,
+                    &message,
+                    inp.now,
+                );
                 s.phase = Some(Phase::Stopping);
                 let note = format!(
                     "attempt {} rank {rank} preempted ({reason}): {message}; stopping the gang (preemption {})",
@@ -214,8 +221,8 @@ pub fn decide(inp: &Inputs) -> Decision {
                     generation,
                 );
                 d.events.push((true, "Preempted".into(), note));
-                d.delete = live_undeleted(inp.pods);
-            } else if let Some((rank, _pod, exit_code, why)) = gang.failed() {
+                d.delete = to_stop(inp.pods, inp.now);
+            } else if let Some((rank, pod, exit_code, why)) = gang.failed() {
                 s.failures += 1;
                 let note = format!(
                     "attempt {} rank {rank}: the trainer exited with code {exit_code} without having been signalled \
@@ -228,8 +235,9 @@ pub fn decide(inp: &Inputs) -> Decision {
                     rank,
                     &format!("ExitCode{exit_code}"),
                     &why,
+                    pod.finished_at.unwrap_or(inp.now),
                 );
-                d.delete = live_undeleted(inp.pods);
+                d.delete = to_stop(inp.pods, inp.now);
                 if s.failures > job.spec.backoff_limit {
                     fail(&mut d, "BackoffLimitExceeded", &note, &now, generation);
                 } else {
@@ -322,7 +330,7 @@ pub fn decide(inp: &Inputs) -> Decision {
             // the same checkpoint directory.
             let still = live_pods(inp.pods);
             if !still.is_empty() {
-                d.delete = live_undeleted(inp.pods);
+                d.delete = to_stop(inp.pods, inp.now);
                 return d;
             }
             let last = s
@@ -340,21 +348,20 @@ pub fn decide(inp: &Inputs) -> Decision {
                 fail(&mut d, "MaxPreemptionsExceeded", &note, &now, generation);
                 return d;
             }
-            if last == Some(InterruptionKind::Failure) {
-                let wait = backoff_seconds(s.failures);
-                let since = inp
-                    .pods
-                    .iter()
-                    .filter(|p| p.attempt == s.attempt)
-                    .filter_map(|p| p.finished_at)
-                    .max();
-                if let Some(since) = since {
-                    let ready_at = since + SignedDuration::from_secs(wait);
-                    if inp.now < ready_at {
-                        let left = ready_at.duration_since(inp.now).as_secs_f64().max(0.1);
-                        d.requeue_after = Some(Duration::from_secs_f64(left));
-                        return d;
-                    }
+            // Backoff runs from when the trainer failed, as status recorded
+            // it: the failed pod itself may be gone by now.
+            let failed_at = s
+                .interruptions
+                .last()
+                .filter(|i| i.attempt == s.attempt && i.kind == InterruptionKind::Failure)
+                .and_then(|i| i.time.as_ref())
+                .map(|t| t.0);
+            if let Some(since) = failed_at {
+                let ready_at = since + SignedDuration::from_secs(backoff_seconds(s.failures));
+                if inp.now < ready_at {
+                    let left = ready_at.duration_since(inp.now).as_secs_f64().max(0.1);
+                    d.requeue_after = Some(Duration::from_secs_f64(left));
+                    return d;
                 }
             }
             let next = s.attempt + 1;
@@ -532,6 +539,7 @@ fn push_interruption(
     rank: i32,
     reason: &str,
     message: &str,
+    time: Timestamp,
 ) {
     s.interruptions.push(Interruption {
         attempt: s.attempt,
@@ -539,6 +547,7 @@ fn push_interruption(
         rank,
         reason: reason.into(),
         message: crate::observe::tail(message, 300),
+        time: Some(Time(time)),
     });
     let excess = s.interruptions.len().saturating_sub(MAX_INTERRUPTIONS);
     s.interruptions.drain(..excess);
@@ -548,9 +557,20 @@ fn live_pods(pods: &[PodView]) -> Vec<&PodView> {
     pods.iter().filter(|p| p.live).collect()
 }
 
-fn live_undeleted(pods: &[PodView]) -> Vec<String> {
+/// How long a pod whose trainer has exited may keep running (a sidecar)
+/// before the operator stops it. Until then it is left alone, so a failed
+/// pod stays for `kubectl logs` and its own phase change ends it.
+pub const SIDECAR_GRACE_SECONDS: i64 = 30;
+
+/// Live pods to delete: every one whose trainer still runs, and those whose
+/// trainer exited but that something else keeps alive.
+fn to_stop(pods: &[PodView], now: Timestamp) -> Vec<String> {
     pods.iter()
         .filter(|p| p.live && !p.deleting)
+        .filter(|p| match p.finished_at {
+            None => true,
+            Some(t) => now.duration_since(t).as_secs() >= SIDECAR_GRACE_SECONDS,
+        })
         .map(|p| p.name.clone())
         .collect()
 }

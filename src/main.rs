@@ -137,13 +137,21 @@ async fn run(args: RunArgs) -> i32 {
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let ctx = Arc::new(Context::new(client.clone(), metrics, args.operator_image));
+    let client_for_orphans = client.clone();
     let controller = tokio::spawn({
         let http = http.clone();
         async move {
             wait_for_crd(client).await;
             http.ready.store(true, Ordering::SeqCst);
             info!("TrainingJob CRD found; controller running");
-            controller::run(ctx, args.namespace).await;
+            // Both loops end together on SIGTERM; either ending alone is a bug.
+            tokio::join!(
+                controller::run(ctx, args.namespace.clone()),
+                trainingjob_operator::finalizers::release_orphans(
+                    client_for_orphans,
+                    args.namespace
+                ),
+            );
         }
     });
 

@@ -19,6 +19,12 @@ pub const JOB_LABEL: &str = "trainingjob.dev/job";
 pub const RANK_LABEL: &str = "trainingjob.dev/rank";
 pub const ATTEMPT_LABEL: &str = "trainingjob.dev/attempt";
 pub const MANAGED_BY: &str = "trainingjob-operator";
+/// Keeps a finished pod's object, and with it the launcher's report in its
+/// termination message, until the operator has recorded the report: the
+/// kubelet deletes a deleted pod's object right after its containers stop,
+/// and a report read from a watch event alone would be lost to an operator
+/// restart. The Job controller tracks pods the same way.
+pub const REPORT_FINALIZER: &str = "trainingjob.dev/report";
 
 /// Where the init container puts the launcher, and where it runs from.
 pub const LAUNCHER_DIR: &str = "/tj";
@@ -328,6 +334,7 @@ pub fn build_pod(job: &TrainingJob, plan: &AttemptPlan, rank: i32) -> Result<Pod
             labels: Some(labels),
             annotations: template_meta.annotations,
             owner_references: Some(vec![owner_reference(job)]),
+            finalizers: Some(vec![REPORT_FINALIZER.into()]),
             ..Default::default()
         },
         spec: Some(pod_spec),

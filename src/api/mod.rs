@@ -337,6 +337,10 @@ pub struct Interruption {
     pub reason: String,
     /// What happened, for people.
     pub message: String,
+    /// When the operator saw it (for a failure: when the trainer exited).
+    /// Backoff before the next attempt runs from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
 }
 
 /// Whether an interruption was the infrastructure's doing or the trainer's.

@@ -140,6 +140,7 @@ fn no_new_attempt_while_any_old_pod_can_still_run() {
         rank: 0,
         reason: "PodDeleted".into(),
         message: String::new(),
+        time: None,
     });
     let mut p1 = pv(1, 1);
     p1.deleting = true;
@@ -172,6 +173,7 @@ fn the_next_attempts_grace_is_sized_from_the_measured_save() {
         rank: 0,
         reason: "x".into(),
         message: String::new(),
+        time: None,
     });
     let mut done = ended(
         pv(1, 0),
@@ -218,6 +220,7 @@ fn a_save_longer_than_the_notice_sets_a_condition_with_the_interval() {
         rank: 0,
         reason: "x".into(),
         message: String::new(),
+        time: None,
     });
     s.preemptions = 1;
     let d = run(&job(Some(s)), &[]);
@@ -276,7 +279,7 @@ fn a_non_zero_exit_is_a_failure_then_backoff_then_failed_after_the_limit() {
 }
 
 #[test]
-fn backoff_waits_from_the_trainers_exit() {
+fn backoff_waits_from_the_trainers_exit_even_when_its_pod_is_gone() {
     let mut s = status(Phase::Stopping, 1);
     s.failures = 1;
     s.interruptions.push(Interruption {
@@ -285,22 +288,39 @@ fn backoff_waits_from_the_trainers_exit() {
         rank: 0,
         reason: "ExitCode1".into(),
         message: String::new(),
+        time: Some(Time(now() - SignedDuration::from_secs(4))),
     });
-    let mut p = ended(
-        pv(1, 0),
-        Outcome::Failed {
-            exit_code: 1,
-            reason: "Error".into(),
-            message: String::new(),
-        },
-    );
-    p.finished_at = Some(now() - SignedDuration::from_secs(4));
-    let d = run(&job(Some(s)), &[p]);
+    let d = run(&job(Some(s)), &[]);
     assert_eq!(d.create_attempt, None);
     assert_eq!(d.requeue_after, Some(Duration::from_secs(6)));
     assert_eq!(backoff_seconds(1), 10);
     assert_eq!(backoff_seconds(3), 40);
     assert_eq!(backoff_seconds(30), 300);
+}
+
+#[test]
+fn a_pod_whose_trainer_exited_is_left_to_end_by_itself() {
+    // The kubelet reports the trainer terminated a moment before the pod's
+    // phase turns Failed; deleting it then would lose it for `kubectl logs`.
+    let mut failed = pv(1, 0);
+    failed.running = false;
+    failed.outcome = Some(Outcome::Failed {
+        exit_code: 1,
+        reason: "Error".into(),
+        message: String::new(),
+    });
+    failed.finished_at = Some(now() - SignedDuration::from_secs(1));
+    let d = run(
+        &job(Some(status(Phase::Running, 1))),
+        &[failed.clone(), pv(1, 1)],
+    );
+    assert_eq!(d.delete, vec!["j-a1-r1".to_string()]);
+    let i = d.status.interruptions.last().unwrap();
+    assert_eq!(i.time.as_ref().unwrap().0, failed.finished_at.unwrap());
+    // A sidecar that keeps it alive long after is stopped.
+    failed.finished_at = Some(now() - SignedDuration::from_secs(SIDECAR_GRACE_SECONDS));
+    let d = run(&job(Some(d.status)), &[failed]);
+    assert_eq!(d.delete, vec!["j-a1-r0".to_string()]);
 }
 
 #[test]
@@ -332,6 +352,7 @@ fn max_preemptions_exhausted_fails_the_job() {
         rank: 0,
         reason: "x".into(),
         message: String::new(),
+        time: None,
     });
     let d = run(&job(Some(s)), &[]);
     assert_eq!(d.status.phase, Some(Phase::Failed));

@@ -305,6 +305,10 @@ fn labels_and_owner_reference_on_everything() {
     assert_eq!(labels[ATTEMPT_LABEL], "2");
     assert_eq!(labels["team"], "llm");
     assert_eq!(labels["app.kubernetes.io/managed-by"], MANAGED_BY);
+    assert_eq!(
+        pod.metadata.finalizers.as_deref().unwrap(),
+        [REPORT_FINALIZER]
+    );
     let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(owner.kind, "TrainingJob");
     assert_eq!(owner.uid, "u-1");

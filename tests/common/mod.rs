@@ -116,10 +116,121 @@ impl TempNamespace {
 
 impl Drop for TempNamespace {
     fn drop(&mut self) {
-        let _ = Command::new("kubectl")
-            .args(["delete", "namespace", &self.name, "--wait=false"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        for args in [
+            vec!["delete", "namespace", &self.name, "--wait=false"],
+            // Volumes are cluster-scoped: provision_volume labels them.
+            vec![
+                "delete",
+                "pv",
+                "-l",
+                &format!("tjo-test-namespace={}", self.name),
+                "--wait=false",
+            ],
+        ] {
+            let _ = Command::new("kubectl")
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A PersistentVolume bound in advance to claim `ns/claim`: the local
+/// cluster has no provisioner, so tests (and the demo) bring their own
+/// hostPath volume, as an administrator would.
+pub fn provision_volume(ns: &str, claim: &str, access_mode: &str) {
+    let pv = format!("{ns}-{claim}");
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: {pv}
+  labels: {{tjo-test-namespace: {ns}}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [{access_mode}]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  claimRef: {{namespace: {ns}, name: {claim}}}
+  hostPath: {{path: /var/lib/tjo-volumes/{ns}/{claim}, type: DirectoryOrCreate}}
+"#
+    );
+    let out = kubectl_with_input(&["apply", "-f", "-"], Some(&manifest));
+    assert!(out.status.success(), "creating PV {pv}: {}", stderr(&out));
+}
+
+/// The operator, run from this build against the local cluster, watching one
+/// namespace so that tests running side by side never share a controller.
+pub struct Operator {
+    child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    pub fn start(namespace: &str) -> Self {
+        require_cluster();
+        let dir = root().join("target/test-logs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(format!("operator-{namespace}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_trainingjob-operator"))
+            .args(["run", "--namespace", namespace, "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("the operator binary starts");
+        Self { child, log }
+    }
+
+    /// SIGKILL, as a node failure or an OOM kill would end it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A jsonpath of an object, or "" when it is not there (yet).
+pub fn jsonpath(ns: &str, object: &str, path: &str) -> String {
+    let out = kubectl(&["get", "-n", ns, object, "-o", &format!("jsonpath={path}")]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kubectl wait` for a condition, with the job's status in the failure.
+pub fn wait_condition(ns: &str, object: &str, condition: &str, timeout: Duration) {
+    let out = kubectl(&[
+        "wait",
+        "-n",
+        ns,
+        object,
+        &format!("--for=condition={condition}"),
+        &format!("--timeout={}s", timeout.as_secs()),
+    ]);
+    if !out.status.success() {
+        let status = kubectl(&["get", "-n", ns, object, "-o", "jsonpath={.status}"]);
+        let pods = kubectl(&["get", "pods", "-n", ns, "-o", "wide"]);
+        panic!(
+            "{object} never reached {condition}: {}\nstatus: {}\npods:\n{}",
+            stderr(&out),
+            String::from_utf8_lossy(&status.stdout),
+            String::from_utf8_lossy(&pods.stdout)
+        );
     }
 }

@@ -5,7 +5,9 @@ mod controlplane;
 mod daemon;
 mod demo;
 mod images;
+mod lifetimes;
 mod node;
+mod release;
 mod test;
 mod util;
 

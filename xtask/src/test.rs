@@ -25,8 +25,10 @@ pub fn run_all(paths: &Paths) -> Result<()> {
     ]))?;
 
     crate::cluster_up(paths, false)?;
+    crate::images::build_and_import(paths)?;
     install_crd(paths)?;
 
+    let watcher = crate::lifetimes::Watcher::start(paths)?;
     step("cargo test: unit tests, then the tests against the real cluster");
     let k8s = controlplane::k8s_bin(paths)?;
     let path = std::env::join_paths(std::iter::once(k8s).chain(std::env::split_paths(
@@ -37,6 +39,11 @@ pub fn run_all(paths: &Paths) -> Result<()> {
         .env("KUBECONFIG", paths.kubeconfig())
         .env("PATH", path)
         .args(["test", "--workspace", "--", "--include-ignored"]))?;
+    let lifetimes = watcher.finish()?;
+    step(format!(
+        "pod lifetimes: {} pods of {} ranks over {} watch events, no two pods of one rank alive at once",
+        lifetimes.pods, lifetimes.ranks, lifetimes.events
+    ));
     step(format!(
         "all tests passed in {:.0}s",
         started.elapsed().as_secs_f64()

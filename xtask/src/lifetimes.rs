@@ -1,0 +1,175 @@
+//! A watcher over every pod the operator creates during the end-to-end
+//! tests, checking the invariant preemption handling rests on: no two pods of
+//! one rank of one job are ever alive at once (they would write the same
+//! checkpoint directory).
+//!
+//! It reads one `kubectl get pods --watch` stream. The API server delivers a
+//! watch in resourceVersion order, so the order of events is the order of
+//! the changes: a new pod's ADDED must come after the old pod's last event
+//! that made it terminal or deleted it.
+
+use crate::util::Paths;
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::process::{Child, Stdio};
+
+const SELECTOR: &str = "app.kubernetes.io/managed-by=trainingjob-operator";
+
+pub struct Watcher {
+    child: Child,
+    file: std::path::PathBuf,
+}
+
+impl Watcher {
+    pub fn start(paths: &Paths) -> Result<Self> {
+        let file = paths.logs().join("pod-lifetimes.json");
+        std::fs::create_dir_all(paths.logs())?;
+        let out = std::fs::File::create(&file)?;
+        let child = crate::controlplane::kubectl(paths)?
+            .args([
+                "get",
+                "pods",
+                "--all-namespaces",
+                "-l",
+                SELECTOR,
+                "--watch",
+                "--output-watch-events",
+                "-o",
+                "json",
+            ])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the pod lifetime watcher")?;
+        Ok(Self { child, file })
+    }
+
+    /// Stops watching and checks the whole record.
+    pub fn finish(mut self) -> Result<Summary> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut text = String::new();
+        std::fs::File::open(&self.file)?.read_to_string(&mut text)?;
+        let events: Vec<Value> = serde_json::Deserializer::from_str(&text)
+            .into_iter::<Value>()
+            .filter_map(|v| v.ok())
+            .collect();
+        let summary = check(&events);
+        if !summary.overlaps.is_empty() {
+            bail!(
+                "pods of one rank were alive at once:\n{}\n(the watch record is {})",
+                summary.overlaps.join("\n"),
+                self.file.display()
+            );
+        }
+        Ok(summary)
+    }
+}
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Summary {
+    pub events: usize,
+    pub pods: usize,
+    pub ranks: usize,
+    pub overlaps: Vec<String>,
+}
+
+/// Replays watch events (`{"type": ..., "object": Pod}`) in order.
+pub fn check(events: &[Value]) -> Summary {
+    let mut live: BTreeMap<(String, String, String), BTreeSet<String>> = BTreeMap::new();
+    let mut pods = BTreeSet::new();
+    let mut summary = Summary {
+        events: events.len(),
+        ..Default::default()
+    };
+    for ev in events {
+        let kind = ev["type"].as_str().unwrap_or_default();
+        let pod = &ev["object"];
+        let meta = &pod["metadata"];
+        let (Some(ns), Some(name)) = (meta["namespace"].as_str(), meta["name"].as_str()) else {
+            continue;
+        };
+        let labels = &meta["labels"];
+        let key = (
+            ns.to_string(),
+            labels["trainingjob.dev/job"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            labels["trainingjob.dev/rank"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        pods.insert((ns.to_string(), name.to_string()));
+        let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
+        let alive = kind != "DELETED" && !matches!(phase, "Succeeded" | "Failed");
+        let set = live.entry(key.clone()).or_default();
+        if alive {
+            set.insert(name.to_string());
+            if set.len() > 1 {
+                summary.overlaps.push(format!(
+                    "{}/{} rank {}: {} alive together",
+                    key.0,
+                    key.1,
+                    key.2,
+                    set.iter().cloned().collect::<Vec<_>>().join(" and ")
+                ));
+            }
+        } else {
+            set.remove(name);
+        }
+    }
+    summary.pods = pods.len();
+    summary.ranks = live.len();
+    summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ev(kind: &str, name: &str, rank: &str, phase: &str) -> Value {
+        json!({"type": kind, "object": {"metadata": {"namespace": "n", "name": name,
+            "labels": {"trainingjob.dev/job": "j", "trainingjob.dev/rank": rank}},
+            "status": {"phase": phase}}})
+    }
+
+    #[test]
+    fn a_new_pod_after_the_old_one_is_gone_is_fine() {
+        let s = check(&[
+            ev("ADDED", "j-a1-r0", "0", "Running"),
+            ev("MODIFIED", "j-a1-r0", "0", "Running"),
+            ev("DELETED", "j-a1-r0", "0", "Running"),
+            ev("ADDED", "j-a2-r0", "0", "Pending"),
+            ev("ADDED", "j-a2-r1", "1", "Pending"),
+        ]);
+        assert!(s.overlaps.is_empty());
+        assert_eq!((s.pods, s.ranks), (3, 2));
+    }
+
+    #[test]
+    fn a_terminal_old_pod_does_not_count_as_alive() {
+        let s = check(&[
+            ev("ADDED", "a1", "0", "Running"),
+            ev("MODIFIED", "a1", "0", "Failed"),
+            ev("ADDED", "a2", "0", "Pending"),
+        ]);
+        assert!(s.overlaps.is_empty());
+    }
+
+    #[test]
+    fn a_new_pod_while_the_old_one_terminates_is_an_overlap() {
+        let s = check(&[
+            ev("ADDED", "a1", "0", "Running"),
+            ev("ADDED", "a2", "0", "Pending"),
+            ev("DELETED", "a1", "0", "Running"),
+        ]);
+        assert_eq!(s.overlaps.len(), 1);
+        assert!(s.overlaps[0].contains("a1 and a2"), "{:?}", s.overlaps);
+    }
+}
