@@ -17,6 +17,12 @@ it implements; in short:
         if ck.stop_requested:
             sys.exit(0)
 
+Call ck.step_done(step) after each step: the launcher reports the last step
+completed (`lastStep`), so a preemption's cost is lastStep minus the step of
+the checkpoint it resumes from. Ranks that train in lockstep without
+torch.distributed can agree through the shared checkpoint volume with
+FileRendezvous (see its docstring).
+
 Signal handlers only set flags: saving inside a handler can deadlock in the
 allocator or corrupt state the interrupted code was changing. The training
 loop checks the flags between steps.
@@ -29,6 +35,7 @@ import shutil
 import signal
 import threading
 import time
+from collections import deque
 
 MANIFEST = "MANIFEST.json"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -88,11 +95,13 @@ class Checkpointer:
         self.deadline_file = env.get("TJ_DEADLINE_FILE")
         self.resume_path = env.get("TJ_RESUME_PATH") or None
         self.resume_step = int(env["TJ_RESUME_STEP"]) if self.resume_path else 0
+        self.progress_file = env.get("TJ_PROGRESS_FILE") or None
         self.stop_signal = None
         self.last_save_seconds = None
         self._stop = threading.Event()
         self._save = threading.Event()
         self._stop_at = None
+        self._launcher_deadline = None
         os.makedirs(self.dir, exist_ok=True)
         if install_signals:
             self.install_signal_handlers()
@@ -135,17 +144,24 @@ class Checkpointer:
         time plus TJ_DEADLINE_SECONDS."""
         if not self._stop.is_set():
             return None
+        if self._launcher_deadline is not None:
+            return self._launcher_deadline
         if self.deadline_file:
             try:
                 with open(self.deadline_file) as f:
                     d = json.load(f)
-                return time.monotonic() + (d["deadlineUnixMs"] / 1000.0 - time.time())
+                # Kept: the launcher writes it once per run, and a rank
+                # waiting for its peers asks every few milliseconds.
+                self._launcher_deadline = time.monotonic() + (
+                    d["deadlineUnixMs"] / 1000.0 - time.time())
+                return self._launcher_deadline
             except (OSError, ValueError, KeyError):
                 pass
         return self._stop_at + self.deadline_seconds
 
     def deadline_source(self):
-        if self.deadline_file and os.path.exists(self.deadline_file):
+        if self._launcher_deadline is not None or (
+                self.deadline_file and os.path.exists(self.deadline_file)):
             return "launcher"
         return "env"
 
@@ -161,6 +177,28 @@ class Checkpointer:
         left = self.time_left()
         est = estimate_seconds if estimate_seconds is not None else self.last_save_seconds
         return left is not None and est is not None and left < est * margin
+
+    # -- progress ---------------------------------------------------------
+
+    def step_done(self, step, peer_stop=None):
+        """Tells the launcher the last step completed, for the report's
+        lastStep. peer_stop={"rank": r, "signal": name} says this rank is about
+        to stop only because another rank was signalled, so that its launcher
+        reports a preemption rather than a completed job. Replaced by rename,
+        so the launcher never reads half a file; no fsync: it lives in /dev/shm
+        and only matters while the pod does."""
+        if not self.progress_file:
+            return
+        body = {"step": step}
+        if peer_stop:
+            body["peerStop"] = peer_stop
+        part = self.progress_file + ".part"
+        try:
+            with open(part, "w") as f:
+                f.write(json.dumps(body))
+            os.replace(part, self.progress_file)
+        except OSError:
+            pass  # progress is a report nicety, never a reason to stop training
 
     # -- saving -----------------------------------------------------------
 
@@ -237,7 +275,9 @@ class Checkpointer:
         """Multi-rank save into one shared directory. gather(obj) must return
         the list of every rank's obj on rank 0 (None elsewhere), barrier() must
         wait for all ranks: e.g. torch.distributed.gather_object and
-        torch.distributed.barrier. Each rank's files go under rank-<R>/."""
+        torch.distributed.barrier. Each rank's files go under rank-<R>/.
+        FileRendezvous.gather and .barrier also fit."""
+        t0 = time.monotonic()
         mine = {f"rank-{self.rank:05d}/{n}": d for n, d in files.items()}
         entries = self.write_files(step, mine, hashes=hashes)
         everyone = gather(entries)
@@ -245,6 +285,7 @@ class Checkpointer:
         if self.rank == 0:
             path = self.commit(step, [e for rank_entries in everyone for e in rank_entries])
         barrier()
+        self.last_save_seconds = time.monotonic() - t0
         return path or self.path_for(step)
 
     def keep_last(self, n):
@@ -291,3 +332,131 @@ class Checkpointer:
                 raise ValueError(f"{path}/{e['path']}: sha256 does not match the manifest")
             out[e["path"]] = data
         return out
+
+
+# -- ranks agreeing through files ------------------------------------------
+
+
+class RendezvousError(RuntimeError):
+    """A peer did not arrive in time, or the ranks are not running the same
+    sequence of collective operations."""
+
+
+class FileRendezvous:
+    """all_gather, gather and barrier through files on the shared (RWX)
+    checkpoint volume, for ranks that have no process group: each rank
+    replaces <root>/.rendezvous/attempt-<A>/rank-<R>.json (by rename, so a
+    reader never sees half of it) and polls the others' files.
+
+    Every rank must call the same operations in the same order (as with
+    torch.distributed collectives); each call is numbered, and a rank's file
+    keeps its last few calls' values. That is enough because no rank can
+    start call n+2 before every rank has finished reading call n: call n+1
+    waits for all of them. So a value is never overwritten before its readers
+    have it, however the ranks interleave.
+
+    The attempt number keeps a restarted gang from mistaking the files of the
+    gang before it for its peers; rank 0 deletes older attempts' directories
+    once every rank of this attempt has arrived (the operator starts an
+    attempt only after every pod of the last one is gone).
+
+    abort() is polled while waiting: a reason string stops the wait with
+    RendezvousError (a signalled rank whose peer is gone must not wait past
+    its grace period)."""
+
+    KEEP = 4
+
+    def __init__(self, root, rank, world_size, attempt, timeout=600.0, poll=0.002, abort=None):
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.attempt = str(attempt)
+        self.timeout, self.poll, self.abort = float(timeout), float(poll), abort
+        self.base = os.path.join(root, ".rendezvous")
+        self.dir = os.path.join(self.base, f"attempt-{self.attempt}")
+        os.makedirs(self.dir, exist_ok=True)
+        self._mine = self._path(self.rank)
+        if os.path.exists(self._mine):
+            raise RendezvousError(
+                f"{self._mine} already exists: rank {self.rank} of attempt {self.attempt} ran "
+                "before. TJ_ATTEMPT must change on every restart (the operator does this).")
+        self._seq = 0
+        self._recent = deque(maxlen=self.KEEP)
+
+    def _path(self, rank):
+        return os.path.join(self.dir, f"rank-{rank:05d}.json")
+
+    def _publish(self):
+        part = self._mine + ".part"
+        with open(part, "w") as f:
+            json.dump({"rank": self.rank, "seq": self._seq, "recent": list(self._recent)}, f)
+        os.replace(part, self._mine)
+
+    def _read(self, rank):
+        try:
+            with open(self._path(rank)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None  # not there yet
+
+    def all_gather(self, key, value):
+        """Every rank's value for this call, indexed by rank. key names the
+        call: ranks that disagree on it have diverged, which is an error."""
+        self._seq += 1
+        seq = self._seq
+        self._recent.append([seq, key, value])
+        self._publish()
+        out = [None] * self.world_size
+        out[self.rank] = value
+        waiting = set(range(self.world_size)) - {self.rank}
+        t0 = time.monotonic()
+        last = {}
+        while True:
+            for r in sorted(waiting):
+                d = self._read(r)
+                if d is None or d.get("seq", 0) < seq:
+                    last[r] = d
+                    continue
+                entry = next((e for e in d["recent"] if e[0] == seq), None)
+                if entry is None:
+                    raise RendezvousError(
+                        f"rank {r} no longer holds call {seq} ({key}): ranks out of step")
+                if entry[1] != key:
+                    raise RendezvousError(
+                        f"call {seq}: rank {self.rank} is at {key!r}, rank {r} at {entry[1]!r}")
+                out[r] = entry[2]
+                waiting.discard(r)
+            if not waiting:
+                return out
+            reason = self.abort() if self.abort else None
+            if reason or time.monotonic() - t0 > self.timeout:
+                seen = ", ".join(
+                    f"rank {r} at {self._describe(last.get(r))}" for r in sorted(waiting))
+                why = reason or f"timed out after {self.timeout:g}s"
+                raise RendezvousError(f"{why} waiting at {key!r} (call {seq}): {seen}")
+            time.sleep(self.poll)
+
+    @staticmethod
+    def _describe(d):
+        if not d:
+            return "nothing yet"
+        e = d["recent"][-1] if d.get("recent") else None
+        return f"call {d.get('seq')} ({e[1]!r})" if e else f"call {d.get('seq')}"
+
+    def gather(self, key, value):
+        """Every rank's value on rank 0, None elsewhere."""
+        out = self.all_gather(key, value)
+        return out if self.rank == 0 else None
+
+    def barrier(self, key):
+        self.all_gather(key, None)
+
+    def remove_older_attempts(self):
+        """Rank 0, once every rank of this attempt has arrived."""
+        if self.rank != 0:
+            return
+        try:
+            names = os.listdir(self.base)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith("attempt-") and name != f"attempt-{self.attempt}":
+                shutil.rmtree(os.path.join(self.base, name), ignore_errors=True)

@@ -20,7 +20,9 @@ flags (and the environment variables they override):
   --shm-dir DIR         TJ_SHM_DIR         default /dev/shm
   --probe               TJ_PROBE=1         measure the checkpoint volume's write speed
 also read: TJ_GRACE_SECONDS (default 30), TJ_ATTEMPT, TJ_RANK, TJ_PROBE_BYTES
-(default 67108864), TJ_VERIFY_HASHES (default 1)";
+(default 67108864), TJ_VERIFY_HASHES (default 1)
+exported to COMMAND: TJ_RESUME_PATH, TJ_RESUME_STEP, TJ_CHECKPOINT_DIR,
+TJ_GRACE_SECONDS, TJ_DEADLINE_SECONDS, TJ_DEADLINE_FILE, TJ_PROGRESS_FILE";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {

@@ -23,7 +23,8 @@ pub enum State {
     /// Exited non-zero (or was killed) without having been asked to stop.
     Failed,
     /// A stop signal (SIGTERM, SIGINT, SIGHUP) reached the launcher before the
-    /// trainer exited: a preemption, whatever the exit code.
+    /// trainer exited, or the trainer stopped because one reached another
+    /// rank (`peerStop`): a preemption, whatever the exit code.
     Signalled,
 }
 
@@ -46,6 +47,16 @@ pub struct Report {
     pub resumed_from: Option<CheckpointRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_checkpoint: Option<LastCheckpoint>,
+    /// The last step the trainer said it completed (`TJ_PROGRESS_FILE`).
+    /// `lastStep - lastCheckpoint.step` is what this attempt's end cost:
+    /// the steps the next attempt must redo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_step: Option<u64>,
+    /// The trainer stopped because another rank of its gang was signalled,
+    /// not because the job was done; the state is then `signalled` even
+    /// though no signal reached this launcher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_stop: Option<PeerStop>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saves: Option<Saves>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,6 +106,14 @@ pub struct LastCheckpoint {
     pub path: String,
     pub bytes: u64,
     pub at_unix_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStop {
+    pub rank: u32,
+    /// The signal that reached that rank ("SIGTERM").
+    pub signal: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
@@ -209,6 +228,8 @@ impl Report {
             term_signal: r.term_signal.clone(),
             signal: r.signal.clone(),
             signal_to_exit_seconds: r.signal_to_exit_seconds,
+            last_step: r.last_step,
+            peer_stop: r.peer_stop.clone(),
             attempt: r.attempt,
             truncated: true,
             ..Default::default()
@@ -230,6 +251,9 @@ impl Report {
         }
         if let Some(s) = self.term_signal.as_mut() {
             truncate_head(s, limit);
+        }
+        if let Some(p) = self.peer_stop.as_mut() {
+            truncate_head(&mut p.signal, limit);
         }
     }
 }
@@ -319,6 +343,11 @@ mod tests {
                 tmp_entries: 2,
                 shm_entries: 1,
             }),
+            last_step: Some(125),
+            peer_stop: Some(PeerStop {
+                rank: 1,
+                signal: "SIGTERM".into(),
+            }),
             ..Report::new(Some(7))
         }
     }
@@ -349,6 +378,7 @@ mod tests {
                 assert_eq!(back.state, State::Signalled);
                 assert_eq!(back.exit_code, Some(0));
                 assert_eq!(back.attempt, Some(7));
+                assert_eq!(back.last_step, Some(125));
                 let last = back.last_checkpoint.expect("last checkpoint kept");
                 assert_eq!(last.step, 123);
                 assert!(last.path.ends_with("/step-123"), "{}", last.path);
@@ -367,6 +397,15 @@ mod tests {
         let v = r.to_bounded_json();
         assert!(v.len() <= MAX_REPORT_BYTES);
         serde_json::from_slice::<Report>(&v).unwrap();
+    }
+
+    #[test]
+    fn reports_without_progress_still_parse() {
+        let old = r#"{"version":1,"state":"signalled","exitCode":0,"lastCheckpoint":{"step":4,"path":"/c/step-4","bytes":1,"atUnixMs":2}}"#;
+        let r: Report = serde_json::from_str(old).unwrap();
+        assert_eq!((r.last_step, &r.peer_stop), (None, &None));
+        let v: serde_json::Value = serde_json::from_slice(&r.to_bounded_json()).unwrap();
+        assert!(v.get("lastStep").is_none() && v.get("peerStop").is_none());
     }
 
     #[test]
@@ -393,6 +432,8 @@ mod tests {
             "probe",
             "skipped",
             "attempt",
+            "lastStep",
+            "peerStop",
         ] {
             assert!(v.get(k).is_some(), "missing {k}: {v}");
         }

@@ -6,10 +6,13 @@
 use crate::checkpoint::{self, Candidate, Name, Verdict};
 use crate::cli::Config;
 use crate::forward;
-use crate::report::{CheckpointRef, Cleaned, LastCheckpoint, Probe, Report, SignalInfo, State};
+use crate::report::{
+    CheckpointRef, Cleaned, LastCheckpoint, PeerStop, Probe, Report, SignalInfo, State,
+};
 use crate::reportfile::ReportFile;
 use crate::saves::{round6, Action, Stats, Tracker};
 use crate::sys::{self, Exit, Inotify};
+use serde::Deserialize;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs;
@@ -24,6 +27,21 @@ use std::time::{Duration, Instant};
 /// clock started before the signal reached us.
 const DEADLINE_RESERVE_SECONDS: f64 = 1.0;
 
+/// How stale the report's `lastStep` may get while nothing else happens. A
+/// SIGKILL leaves whatever the last read found; the moments that matter (a
+/// stop signal, a save starting or ending) read at once, and this bounds the
+/// rest at the price of one small tmpfs read a second.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// What the trainer writes to `TJ_PROGRESS_FILE` (tjckpt's `step_done`).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Progress {
+    step: u64,
+    #[serde(default)]
+    peer_stop: Option<PeerStop>,
+}
+
 macro_rules! log {
     ($($t:tt)*) => { eprintln!("launcher: {}", format!($($t)*)) };
 }
@@ -36,12 +54,47 @@ struct Supervisor {
     tracker: Tracker,
     signal_at: Option<Instant>,
     deadline_file: PathBuf,
+    progress_file: PathBuf,
+    progress_read_at: Option<Instant>,
 }
 
 impl Supervisor {
     fn publish(&mut self) {
         let bytes = self.report.to_bounded_json();
         self.out.write(&bytes);
+    }
+
+    /// Picks up the trainer's last completed step; true when the report
+    /// changed. Unless `force`d, reads at most every [`PROGRESS_EVERY`]:
+    /// reaping orphans wakes the loop too, and need not read anything.
+    fn refresh_progress(&mut self, force: bool) -> bool {
+        if !force
+            && self
+                .progress_read_at
+                .is_some_and(|t| t.elapsed() < PROGRESS_EVERY)
+        {
+            return false;
+        }
+        self.progress_read_at = Some(Instant::now());
+        // Bounded: the file is the trainer's to write, and a runaway one
+        // must not make PID 1 allocate without limit.
+        let mut buf = Vec::new();
+        let read = fs::File::open(&self.progress_file)
+            .and_then(|f| io::Read::read_to_end(&mut io::Read::take(f, 4096), &mut buf));
+        let Some(p) = read
+            .ok()
+            .and_then(|_| serde_json::from_slice::<Progress>(&buf).ok())
+        else {
+            return false;
+        };
+        let before = (self.report.last_step, self.report.peer_stop.clone());
+        self.report.last_step = Some(p.step);
+        // Sticky: once the trainer said why it stops, a later write without
+        // the reason does not turn the run back into a completed one.
+        if p.peer_stop.is_some() {
+            self.report.peer_stop = p.peer_stop;
+        }
+        before != (self.report.last_step, self.report.peer_stop.clone())
     }
 
     fn set_last_checkpoint(&mut self, step: u64, path: &Path, bytes: u64, at_unix_ms: u64) {
@@ -78,6 +131,12 @@ pub fn run(cfg: Config) -> i32 {
     let deadline_file = cfg
         .shm_dir
         .join(format!("tj-deadline-{}", std::process::id()));
+    // Same pid as a launcher before us in this /dev/shm (PID 1 in every
+    // container): its trainer's steps are not ours.
+    let progress_file = cfg
+        .shm_dir
+        .join(format!("tj-progress-{}", std::process::id()));
+    let _ = fs::remove_file(&progress_file);
     let mut sv = Supervisor {
         report: Report::new(cfg.attempt),
         out: ReportFile::new(cfg.report_path.clone()),
@@ -85,6 +144,8 @@ pub fn run(cfg: Config) -> i32 {
         tracker: Tracker::default(),
         signal_at: None,
         deadline_file,
+        progress_file,
+        progress_read_at: None,
         cfg,
     };
 
@@ -152,7 +213,13 @@ pub fn run(cfg: Config) -> i32 {
 
     let mut cmd = Command::new(&sv.cfg.command[0]);
     cmd.args(&sv.cfg.command[1..]);
-    child_env(&mut cmd, &sv.cfg, resume.as_ref(), &sv.deadline_file);
+    child_env(
+        &mut cmd,
+        &sv.cfg,
+        resume.as_ref(),
+        &sv.deadline_file,
+        &sv.progress_file,
+    );
     // The signal mask survives fork and exec, and std does not reset it: a
     // trainer started with our mask would never see SIGTERM.
     unsafe {
@@ -185,7 +252,8 @@ pub fn run(cfg: Config) -> i32 {
         if let Some(w) = &watch {
             fds.push(w.ino.raw_fd());
         }
-        let ready = match sys::poll_readable(&fds, -1) {
+        let timeout_ms = PROGRESS_EVERY.as_millis() as i32;
+        let ready = match sys::poll_readable(&fds, timeout_ms) {
             Ok(r) => r,
             Err(e) => {
                 log!("poll failed: {e}");
@@ -199,10 +267,17 @@ pub fn run(cfg: Config) -> i32 {
                 }
             }
         }
-        if ready.get(1) == Some(&true) {
+        let ckpt_event = ready.get(1) == Some(&true);
+        if ckpt_event {
             if let Some(w) = watch.as_mut() {
                 w.handle(&mut sv);
             }
+        }
+        // Activity in the checkpoint directory means a step just ended (a
+        // save starts after one): read now, so a save that the grace period
+        // cuts short still leaves the step it was saving in the report.
+        if sv.refresh_progress(ckpt_event) {
+            sv.publish();
         }
         // SIGCHLDs coalesce, so reap everything whenever we wake.
         if let Some(exit) = sys::reap_all()
@@ -219,7 +294,13 @@ pub fn run(cfg: Config) -> i32 {
     finish(&mut sv, exit)
 }
 
-fn child_env(cmd: &mut Command, cfg: &Config, resume: Option<&Candidate>, deadline_file: &Path) {
+fn child_env(
+    cmd: &mut Command,
+    cfg: &Config,
+    resume: Option<&Candidate>,
+    deadline_file: &Path,
+    progress_file: &Path,
+) {
     match resume {
         Some(c) => {
             cmd.env("TJ_RESUME_PATH", &c.path);
@@ -240,6 +321,7 @@ fn child_env(cmd: &mut Command, cfg: &Config, resume: Option<&Candidate>, deadli
         fmt_seconds((cfg.grace_seconds - DEADLINE_RESERVE_SECONDS).max(0.0)),
     );
     cmd.env("TJ_DEADLINE_FILE", deadline_file);
+    cmd.env("TJ_PROGRESS_FILE", progress_file);
 }
 
 fn fmt_seconds(s: f64) -> String {
@@ -400,6 +482,9 @@ fn forward_signal(sv: &mut Supervisor, child: i32, sig: i32) {
     if let Err(e) = r {
         log!("cannot write {}: {e}", sv.deadline_file.display());
     }
+    // The step the trainer was on when told to stop, in case nothing later
+    // is read (a SIGKILL before the next refresh).
+    sv.refresh_progress(true);
     sv.publish();
 }
 
@@ -409,7 +494,11 @@ fn finish(sv: &mut Supervisor, exit: Exit) -> i32 {
     if let Exit::Signal(s) = exit {
         sv.report.term_signal = Some(sys::signal_name(s));
     }
-    sv.report.state = match (sv.report.signal.is_some(), exit) {
+    sv.refresh_progress(true);
+    // A rank that stopped because a peer was signalled is part of that
+    // preemption: reporting it completed would end the job early.
+    let stopped = sv.report.signal.is_some() || sv.report.peer_stop.is_some();
+    sv.report.state = match (stopped, exit) {
         (true, _) => State::Signalled,
         (false, Exit::Code(0)) => State::Completed,
         (false, _) => State::Failed,
@@ -437,6 +526,7 @@ fn finish(sv: &mut Supervisor, exit: Exit) -> i32 {
     }
     sv.publish();
     let _ = fs::remove_file(&sv.deadline_file);
+    let _ = fs::remove_file(&sv.progress_file);
     status
 }
 
@@ -557,6 +647,7 @@ impl Watch {
             self.inside.remove(&wd);
         }
         let bytes = checkpoint::total_bytes(&path);
+        sv.refresh_progress(true);
         sv.stats.record(bytes, seconds);
         sv.report.saves = sv.stats.to_report();
         sv.set_last_checkpoint(step, &path, bytes, sys::now_unix_ms());

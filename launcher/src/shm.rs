@@ -13,13 +13,14 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-const PATTERNS: [&str; 6] = [
+const PATTERNS: [&str; 7] = [
     "torch_",
     "psm_",
     "sem.mp-",
     "nccl-",
     "__KMP_REGISTERED_LIB_",
     "tj-deadline-",
+    "tj-progress-",
 ];
 
 pub fn is_known_leak_name(name: &str) -> bool {
@@ -27,11 +28,16 @@ pub fn is_known_leak_name(name: &str) -> bool {
 }
 
 /// The pid encoded in names such as `torch_1234_567`,
-/// `__KMP_REGISTERED_LIB_1234_0` or `tj-deadline-1234`.
+/// `__KMP_REGISTERED_LIB_1234_0`, `tj-deadline-1234` or `tj-progress-1234`.
 pub fn owner_pid(name: &str) -> Option<i32> {
-    let rest = ["torch_", "__KMP_REGISTERED_LIB_", "tj-deadline-"]
-        .iter()
-        .find_map(|p| name.strip_prefix(p))?;
+    let rest = [
+        "torch_",
+        "__KMP_REGISTERED_LIB_",
+        "tj-deadline-",
+        "tj-progress-",
+    ]
+    .iter()
+    .find_map(|p| name.strip_prefix(p))?;
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
     digits.parse().ok()
 }
@@ -138,6 +144,8 @@ mod tests {
         assert_eq!(owner_pid("torch_123_456"), Some(123));
         assert_eq!(owner_pid("__KMP_REGISTERED_LIB_77_0"), Some(77));
         assert_eq!(owner_pid("tj-deadline-9"), Some(9));
+        assert_eq!(owner_pid("tj-progress-12"), Some(12));
+        assert!(is_known_leak_name("tj-progress-12"));
         assert_eq!(owner_pid("psm_123"), None);
         assert_eq!(owner_pid("torch_x"), None);
     }

@@ -97,6 +97,8 @@ pub fn launcher(dir: &TempDir, cmd: &[&str]) -> Command {
         "TJ_ATTEMPT",
         "TJ_PROBE",
         "TJ_DEADLINE_FILE",
+        "TJ_PROGRESS_FILE",
+        "TJ_WORLD_SIZE",
     ] {
         c.env_remove(k);
     }
