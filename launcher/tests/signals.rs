@@ -173,7 +173,14 @@ fn control_group_sigterm_crashes_the_dataloader_like_trainer() {
     signal(-r.pid(), libc::SIGTERM);
     let f = r.wait();
     assert_ne!(f.code(), 0);
-    assert!(f.stderr.contains("is killed by signal"), "{}", f.stderr);
+    // The workers died of the group's SIGTERM; the main process notices
+    // either in its SIGCHLD handler or as a broken pipe to a dead worker,
+    // whichever comes first under load.
+    assert!(
+        f.stderr.contains("is killed by signal") || f.stderr.contains("BrokenPipe"),
+        "{}",
+        f.stderr
+    );
     assert_eq!(dir.report()["state"], "signalled");
     assert_ne!(dir.report()["exitCode"], 0);
 }
@@ -246,18 +253,19 @@ fn orphaned_zombies_are_reaped_while_the_trainer_runs() {
     let dir = TempDir::new("zombies");
     let fx = fixture("zombies.py");
     let mut r = Running::start(launcher(&dir, &["python3", fx.to_str().unwrap(), "20"]));
-    r.wait_until("20 orphans", |r| {
-        r.stdout()
-            .lines()
-            .filter(|l| l.starts_with("orphan "))
-            .count()
-            == 20
-    });
-    let orphans: Vec<i32> = r
-        .stdout()
-        .lines()
-        .filter_map(|l| l.strip_prefix("orphan ")?.parse().ok())
-        .collect();
+    // The orphans print from their own processes, so lines can interleave
+    // ("readyorphan 12"): find every "orphan <pid>" wherever it stands.
+    let pids = |out: &str| -> Vec<i32> {
+        out.split("orphan ")
+            .skip(1)
+            .filter_map(|rest| {
+                let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+                digits.parse().ok()
+            })
+            .collect()
+    };
+    r.wait_until("20 orphans", |r| pids(&r.stdout()).len() == 20);
+    let orphans = pids(&r.stdout());
     // Re-parented to the launcher and exited: only the launcher can reap them.
     r.wait_until("orphans reaped", |_| orphans.iter().all(|&p| !exists(p)));
     assert!(
