@@ -8,6 +8,7 @@ pub mod crd;
 pub mod error;
 pub mod finalizers;
 pub mod grace;
+pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
 pub mod observe;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{error, info, warn};
 use trainingjob_operator::controller::{self, Context};
+use trainingjob_operator::leader;
 use trainingjob_operator::metrics::Metrics;
 
 #[derive(Parser)]
@@ -54,6 +55,14 @@ struct RunArgs {
     listen: SocketAddr,
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Act only while holding a Lease, so replicas form a warm standby.
+    #[arg(long, env = "LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the leader-election Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    #[arg(long, env = "LEASE_NAME", default_value = "trainingjob-operator")]
+    lease_name: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -138,20 +147,46 @@ async fn run(args: RunArgs) -> i32 {
 
     let ctx = Arc::new(Context::new(client.clone(), metrics, args.operator_image));
     let client_for_orphans = client.clone();
+    let elector = args.leader_elect.then(|| {
+        leader::Elector::new(
+            client.clone(),
+            &args.lease_namespace,
+            &args.lease_name,
+            leader::identity(),
+        )
+    });
     let controller = tokio::spawn({
         let http = http.clone();
         async move {
             wait_for_crd(client).await;
             http.ready.store(true, Ordering::SeqCst);
-            info!("TrainingJob CRD found; controller running");
+            info!("TrainingJob CRD found");
+            if let Some(elector) = &elector {
+                elector.acquire().await;
+            }
+            info!("controller running");
             // Both loops end together on SIGTERM; either ending alone is a bug.
-            tokio::join!(
-                controller::run(ctx, args.namespace.clone()),
-                trainingjob_operator::finalizers::release_orphans(
-                    client_for_orphans,
-                    args.namespace
-                ),
-            );
+            let work = async {
+                tokio::join!(
+                    controller::run(ctx, args.namespace.clone()),
+                    trainingjob_operator::finalizers::release_orphans(
+                        client_for_orphans,
+                        args.namespace
+                    ),
+                )
+            };
+            match &elector {
+                None => {
+                    work.await;
+                    Ok(())
+                }
+                Some(elector) => tokio::select! {
+                    _ = work => Ok(()),
+                    // Lost the lease: stop acting at once. The restart
+                    // rejoins as a standby.
+                    _ = elector.hold() => Err("lost the leader lease"),
+                },
+            }
         }
     });
 
@@ -160,7 +195,8 @@ async fn run(args: RunArgs) -> i32 {
     tokio::select! {
         r = server => { error!("the HTTP server stopped: {r:?}"); 1 }
         r = controller => match r {
-            Ok(()) => { info!("controller stopped"); 0 }
+            Ok(Ok(())) => { info!("controller stopped"); 0 }
+            Ok(Err(why)) => { error!("stopping: {why}"); 1 }
             Err(e) => { error!("the controller task died: {e}"); 1 }
         },
     }
