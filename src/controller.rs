@@ -83,14 +83,14 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
 async fn reconcile(job: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
-    let result = reconcile_inner(&job, &ctx).await;
+    let result = reconcile_inner(&job, &ctx, started).await;
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
     result
 }
 
-async fn reconcile_inner(job: &TrainingJob, ctx: &Context) -> Result<Action> {
+async fn reconcile_inner(job: &TrainingJob, ctx: &Context, started: Instant) -> Result<Action> {
     if job.metadata.deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove the pods and
         // the Service; nothing outside the cluster needs cleaning.
@@ -138,7 +138,7 @@ async fn reconcile_inner(job: &TrainingJob, ctx: &Context) -> Result<Action> {
         info!("waiting for the pods of an earlier job named {name} to stop");
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
-    act(job, ctx, &ns, &owned, &views, decision).await
+    act(job, ctx, &ns, &owned, &views, decision, started).await
 }
 
 async fn act(
@@ -148,6 +148,7 @@ async fn act(
     listed: &[Pod],
     views: &[PodView],
     d: Decision,
+    started: Instant,
 ) -> Result<Action> {
     let name = job.name_any();
     // Pods first, then status: a controller killed in between finds pods of
@@ -156,22 +157,23 @@ async fn act(
     if let Some(attempt) = d.create_attempt {
         create_attempt(job, ctx, ns, views, attempt, &d.status).await?;
     }
+    if let Some(attempt) = d.create_attempt.filter(|a| *a > 1) {
+        if d.status.phase == Some(crate::api::Phase::Resuming)
+            && job.status.as_ref().map(|s| s.attempt) != Some(attempt)
+        {
+            ctx.metrics
+                .resume_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+    }
     if job.status.as_ref() != Some(&d.status) {
         write_status(ctx, ns, &name, &d.status).await?;
+        record_metrics(ctx, ns, &name, job.status.as_ref(), &d);
     }
     // Only now that status holds their reports may finished pods go.
     let pods_api = Api::<Pod>::namespaced(ctx.client.clone(), ns);
     for pod in listed.iter().filter(|p| finalizers::releasable(p)) {
         finalizers::release(&pods_api, pod).await?;
-    }
-    if let Some(grace) = d.status.grace_period_seconds {
-        ctx.metrics
-            .grace_seconds
-            .get_or_create(&JobLabels {
-                namespace: ns.into(),
-                name: name.clone(),
-            })
-            .set(grace);
     }
     let reference = job.object_ref(&());
     for (warning, reason, note) in &d.events {
@@ -265,6 +267,44 @@ async fn create_attempt(
         info!(pod = %name, attempt, "created pod");
     }
     Ok(())
+}
+
+/// Counts what a status write made true: called once per written change.
+fn record_metrics(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    old: Option<&TrainingJobStatus>,
+    d: &Decision,
+) {
+    let m = &ctx.metrics;
+    for (_, reason, _) in &d.events {
+        match reason.as_str() {
+            "Preempted" => m.preemptions.inc(),
+            "TrainerFailed" | "BackoffLimitExceeded" => m.failures.inc(),
+            "Resuming" => m.resumes.inc(),
+            _ => 0,
+        };
+    }
+    let before = |attempt: i32| {
+        old.and_then(|s| s.interruptions.iter().find(|i| i.attempt == attempt))
+            .and_then(|i| i.steps_lost)
+    };
+    for i in &d.status.interruptions {
+        if let (Some(lost), None) = (i.steps_lost, before(i.attempt)) {
+            m.steps_lost.observe(lost as f64);
+        }
+    }
+    let job = JobLabels {
+        namespace: ns.into(),
+        name: name.into(),
+    };
+    if let Some(grace) = d.status.grace_period_seconds {
+        m.grace_seconds.get_or_create(&job).set(grace);
+    }
+    if let Some(bps) = d.status.save.as_ref().and_then(|s| s.bytes_per_second) {
+        m.save_bytes_per_second.get_or_create(&job).set(bps);
+    }
 }
 
 fn with_type_meta<T: serde::Serialize>(

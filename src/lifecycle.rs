@@ -530,6 +530,26 @@ fn record_reports(s: &mut TrainingJobStatus, pods: &[PodView]) {
         if *save == SaveStatus::default() {
             s.save = None;
         }
+        if let Some(last) = r.last_step {
+            let saved = [
+                r.last_checkpoint.as_ref().map(|c| c.step),
+                r.resumed_from.as_ref().map(|c| c.step),
+            ]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(0);
+            let lost = last.saturating_sub(saved).min(i64::MAX as u64) as i64;
+            // The slowest rank decides what the gang redoes.
+            if let Some(i) = s
+                .interruptions
+                .iter_mut()
+                .rev()
+                .find(|i| i.attempt == p.attempt)
+            {
+                i.steps_lost = Some(i.steps_lost.map_or(lost, |old| old.max(lost)));
+            }
+        }
     }
 }
 
@@ -547,6 +567,7 @@ fn push_interruption(
         rank,
         reason: reason.into(),
         message: crate::observe::tail(message, 300),
+        steps_lost: None,
         time: Some(Time(time)),
     });
     let excess = s.interruptions.len().saturating_sub(MAX_INTERRUPTIONS);

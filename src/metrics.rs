@@ -32,6 +32,16 @@ pub struct Metrics {
     /// Resuming, Succeeded, BackoffLimitExceeded, ...
     pub transitions: Family<EventLabels, Counter>,
     pub pods_created: Counter,
+    pub preemptions: Counter,
+    pub failures: Counter,
+    /// Attempts after the first, started after a preemption or a failure.
+    pub resumes: Counter,
+    /// From the reconcile that found every old pod gone to the new pods
+    /// created: the operator's own share of the time to resume.
+    pub resume_seconds: Histogram,
+    /// Steps redone after a preemption, from the launchers' reports.
+    pub steps_lost: Histogram,
+    pub save_bytes_per_second: Family<JobLabels, Gauge>,
     pub grace_seconds: Family<JobLabels, Gauge>,
 }
 
@@ -43,6 +53,12 @@ impl Metrics {
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             transitions: Family::default(),
             pods_created: Counter::default(),
+            preemptions: Counter::default(),
+            failures: Counter::default(),
+            resumes: Counter::default(),
+            resume_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            steps_lost: Histogram::new([0.0, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 1000.0]),
+            save_bytes_per_second: Family::default(),
             grace_seconds: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("trainingjob");

@@ -7,65 +7,6 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-const TRAINER_IMAGE: &str = "localhost/tjo-trainer:dev";
-
-/// A one-rank job whose trainer container runs `command`.
-fn job(name: &str, claim: &str, command: &[&str], extra_spec: &str) -> String {
-    let command = serde_json::to_string(command).unwrap();
-    format!(
-        r#"apiVersion: trainingjob.dev/v1alpha1
-kind: TrainingJob
-metadata:
-  name: {name}
-spec:
-  backoffLimit: 2
-  checkpoint:
-    claimName: {claim}
-  template:
-    spec:
-      containers:
-      - name: trainer
-        image: {TRAINER_IMAGE}
-        imagePullPolicy: Never
-        command: {command}
-        resources:
-          limits:
-            memory: 256Mi
-{extra_spec}"#
-    )
-}
-
-fn claim(ns: &str, name: &str, mode: &str) {
-    provision_volume(ns, name, mode);
-    let pvc = format!(
-        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: {name}\nspec:\n  accessModes: [{mode}]\n  \
-         storageClassName: \"\"\n  resources:\n    requests:\n      storage: 1Gi\n"
-    );
-    let out = kubectl_with_input(&["apply", "-n", ns, "-f", "-"], Some(&pvc));
-    assert!(out.status.success(), "{}", stderr(&out));
-}
-
-fn apply(ns: &str, manifest: &str) {
-    let out = kubectl_with_input(&["apply", "-n", ns, "-f", "-"], Some(manifest));
-    assert!(out.status.success(), "apply failed: {}", stderr(&out));
-}
-
-fn pod_names(ns: &str, job: &str) -> Vec<String> {
-    let out = kubectl_ok(&[
-        "get",
-        "pods",
-        "-n",
-        ns,
-        "-l",
-        &format!("trainingjob.dev/job={job}"),
-        "-o",
-        "jsonpath={.items[*].metadata.name}",
-    ]);
-    let mut names: Vec<String> = out.split_whitespace().map(String::from).collect();
-    names.sort();
-    names
-}
-
 #[test]
 #[ignore = "needs the local cluster: cargo xtask test"]
 fn quickstart_runs_to_succeeded_with_the_last_checkpoint_in_status() {
@@ -81,7 +22,7 @@ fn quickstart_runs_to_succeeded_with_the_last_checkpoint_in_status() {
         Duration::from_secs(240),
     );
     let step = jsonpath(&ns.name, "tj/quickstart", "{.status.lastCheckpoint.step}");
-    assert_eq!(step, "200", "the last checkpoint is the final step");
+    assert_eq!(step, "600", "the last checkpoint is the final step");
     let path = jsonpath(&ns.name, "tj/quickstart", "{.status.lastCheckpoint.path}");
     assert!(path.starts_with("/checkpoints/"), "{path}");
     assert_eq!(
@@ -94,7 +35,7 @@ fn quickstart_runs_to_succeeded_with_the_last_checkpoint_in_status() {
     );
     // The trainer ran under the launcher as the pod's exec-form command.
     let logs = kubectl_ok(&["logs", "-n", &ns.name, "quickstart-a1-r0", "-c", "trainer"]);
-    assert!(logs.contains("step 200"), "{logs}");
+    assert!(logs.contains("step 600"), "{logs}");
 }
 
 #[test]

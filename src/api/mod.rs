@@ -337,6 +337,12 @@ pub struct Interruption {
     pub reason: String,
     /// What happened, for people.
     pub message: String,
+    /// Steps the trainer completed after the last checkpoint it saved in
+    /// that attempt: work the next attempt redoes. From the launchers'
+    /// reports (lastStep), so known once the attempt's pods have ended and
+    /// only for trainers that report progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps_lost: Option<i64>,
     /// When the operator saw it (for a failure: when the trainer exited).
     /// Backoff before the next attempt runs from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]

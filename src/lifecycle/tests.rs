@@ -140,6 +140,7 @@ fn no_new_attempt_while_any_old_pod_can_still_run() {
         rank: 0,
         reason: "PodDeleted".into(),
         message: String::new(),
+        steps_lost: None,
         time: None,
     });
     let mut p1 = pv(1, 1);
@@ -173,6 +174,7 @@ fn the_next_attempts_grace_is_sized_from_the_measured_save() {
         rank: 0,
         reason: "x".into(),
         message: String::new(),
+        steps_lost: None,
         time: None,
     });
     let mut done = ended(
@@ -197,6 +199,7 @@ fn the_next_attempts_grace_is_sized_from_the_measured_save() {
             p95_seconds: Some(6.0),
             bytes_per_second: Some(250.0),
         }),
+        last_step: Some(43),
         ..Default::default()
     });
     let d = run(&job(Some(s)), &[done]);
@@ -204,6 +207,8 @@ fn the_next_attempts_grace_is_sized_from_the_measured_save() {
     assert_eq!(d.status.last_checkpoint.as_ref().unwrap().step, 40);
     assert_eq!(d.status.save.as_ref().unwrap().p95_seconds, Some(6.0));
     assert!(d.events.last().unwrap().2.contains("resuming from step 40"));
+    // Three steps ran after the last save: the next attempt redoes them.
+    assert_eq!(d.status.interruptions[0].steps_lost, Some(3));
 }
 
 #[test]
@@ -220,6 +225,7 @@ fn a_save_longer_than_the_notice_sets_a_condition_with_the_interval() {
         rank: 0,
         reason: "x".into(),
         message: String::new(),
+        steps_lost: None,
         time: None,
     });
     s.preemptions = 1;
@@ -288,6 +294,7 @@ fn backoff_waits_from_the_trainers_exit_even_when_its_pod_is_gone() {
         rank: 0,
         reason: "ExitCode1".into(),
         message: String::new(),
+        steps_lost: None,
         time: Some(Time(now() - SignedDuration::from_secs(4))),
     });
     let d = run(&job(Some(s)), &[]);
@@ -352,6 +359,7 @@ fn max_preemptions_exhausted_fails_the_job() {
         rank: 0,
         reason: "x".into(),
         message: String::new(),
+        steps_lost: None,
         time: None,
     });
     let d = run(&job(Some(s)), &[]);

@@ -116,6 +116,30 @@ impl TempNamespace {
 
 impl Drop for TempNamespace {
     fn drop(&mut self) {
+        // The test's operator is gone by now, so nobody would release the
+        // report finalizer of its pods and the namespace would never go:
+        // clean up as an administrator would.
+        let pods = Command::new("kubectl")
+            .args(["get", "pods", "-n", &self.name, "-o", "name"])
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for pod in pods.lines() {
+            let _ = Command::new("kubectl")
+                .args([
+                    "patch",
+                    "-n",
+                    &self.name,
+                    pod,
+                    "--type=merge",
+                    "-p",
+                    r#"{"metadata":{"finalizers":null}}"#,
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         for args in [
             vec!["delete", "namespace", &self.name, "--wait=false"],
             // Volumes are cluster-scoped: provision_volume labels them.
@@ -233,4 +257,183 @@ pub fn wait_condition(ns: &str, object: &str, condition: &str, timeout: Duration
             String::from_utf8_lossy(&pods.stdout)
         );
     }
+}
+
+/// Every change to the pods of a namespace, as `kubectl get --watch` sees
+/// it, kept in memory: the final status of a pod (with its launcher report)
+/// outlives the pod object this way.
+pub struct PodWatch {
+    child: std::process::Child,
+    events: std::sync::Arc<std::sync::Mutex<Vec<(Instant, serde_json::Value)>>>,
+}
+
+impl PodWatch {
+    pub fn start(ns: &str) -> Self {
+        require_cluster();
+        let mut child = Command::new("kubectl")
+            .args([
+                "get",
+                "pods",
+                "-n",
+                ns,
+                "--watch",
+                "--output-watch-events",
+                "-o",
+                "json",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kubectl starts");
+        let stdout = child.stdout.take().unwrap();
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = events.clone();
+        std::thread::spawn(move || {
+            let stream = serde_json::Deserializer::from_reader(std::io::BufReader::new(stdout))
+                .into_iter::<serde_json::Value>();
+            for ev in stream.flatten() {
+                sink.lock().unwrap().push((Instant::now(), ev));
+            }
+        });
+        Self { child, events }
+    }
+
+    /// (time seen, event type, pod) in the order the API server sent them.
+    pub fn events(&self) -> Vec<(Instant, String, serde_json::Value)> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, ev)| {
+                (
+                    *t,
+                    ev["type"].as_str().unwrap_or_default().to_string(),
+                    ev["object"].clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// The last state seen of a pod.
+    pub fn last(&self, pod: &str) -> Option<serde_json::Value> {
+        self.events()
+            .into_iter()
+            .rev()
+            .find(|(_, _, p)| p["metadata"]["name"] == pod)
+            .map(|(_, _, p)| p)
+    }
+
+    /// The launcher's report from the trainer's termination message, once
+    /// the trainer has exited.
+    pub fn report(&self, pod: &str) -> Option<serde_json::Value> {
+        self.events()
+            .into_iter()
+            .rev()
+            .filter(|(_, _, p)| p["metadata"]["name"] == pod)
+            .find_map(|(_, _, p)| {
+                let statuses = p["status"]["containerStatuses"].as_array()?.clone();
+                let trainer = statuses.iter().find(|c| c["name"] == "trainer")?;
+                let message = trainer["state"]["terminated"]["message"].as_str()?;
+                serde_json::from_str(message.trim()).ok()
+            })
+    }
+
+    /// Waits for the report, failing with the pod's last seen status.
+    pub fn wait_report(&self, pod: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(r) = self.report(pod) {
+                return r;
+            }
+            if Instant::now() >= deadline {
+                let last = self.last(pod).map(|p| p["status"].to_string());
+                panic!("no report from {pod} after {timeout:?}; its last status: {last:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Names of every pod seen, in order of first appearance.
+    pub fn pods(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for (_, _, p) in self.events() {
+            let name = p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+}
+
+impl Drop for PodWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// TrainingJobs for the end-to-end tests.
+
+pub const TRAINER_IMAGE: &str = "localhost/tjo-trainer:dev";
+
+/// A one-rank job whose trainer container runs `command`.
+pub fn job(name: &str, claim: &str, command: &[&str], extra_spec: &str) -> String {
+    let command = serde_json::to_string(command).unwrap();
+    format!(
+        r#"apiVersion: trainingjob.dev/v1alpha1
+kind: TrainingJob
+metadata:
+  name: {name}
+spec:
+  backoffLimit: 2
+  checkpoint:
+    claimName: {claim}
+  template:
+    spec:
+      containers:
+      - name: trainer
+        image: {TRAINER_IMAGE}
+        imagePullPolicy: Never
+        command: {command}
+        resources:
+          limits:
+            memory: 256Mi
+{extra_spec}"#
+    )
+}
+
+pub fn claim(ns: &str, name: &str, mode: &str) {
+    provision_volume(ns, name, mode);
+    let pvc = format!(
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: {name}\nspec:\n  accessModes: [{mode}]\n  \
+         storageClassName: \"\"\n  resources:\n    requests:\n      storage: 1Gi\n"
+    );
+    let out = kubectl_with_input(&["apply", "-n", ns, "-f", "-"], Some(&pvc));
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+pub fn apply(ns: &str, manifest: &str) {
+    let out = kubectl_with_input(&["apply", "-n", ns, "-f", "-"], Some(manifest));
+    assert!(out.status.success(), "apply failed: {}", stderr(&out));
+}
+
+pub fn pod_names(ns: &str, job: &str) -> Vec<String> {
+    let out = kubectl_ok(&[
+        "get",
+        "pods",
+        "-n",
+        ns,
+        "-l",
+        &format!("trainingjob.dev/job={job}"),
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    let mut names: Vec<String> = out.split_whitespace().map(String::from).collect();
+    names.sort();
+    names
 }

@@ -35,6 +35,49 @@ pub fn run_demo(paths: &Paths) -> Result<()> {
     run(kubectl(paths)?
         .args(["apply", "-n", NAMESPACE, "-f"])
         .arg(paths.root.join("examples/quickstart.yaml")))?;
+    let pod = "quickstart-a1-r0";
+    wait_for("the trainer to get going", Duration::from_secs(300), || {
+        jsonpath(paths, "tj/quickstart", "{.status.phase}") == "Running"
+            && output(
+                kubectl(paths)
+                    .unwrap()
+                    .args(["logs", "-n", NAMESPACE, pod, "-c", "trainer"]),
+            )
+            .map(|l| l.lines().filter(|l| l.starts_with("step ")).count() >= 100)
+            .unwrap_or(false)
+    })?;
+
+    step(format!(
+        "preempting: kubectl drain {} (the cloud taking the node away)",
+        crate::node::NODE_NAME
+    ));
+    let drained = Instant::now();
+    let drain = kubectl(paths)?
+        .args([
+            "drain",
+            crate::node::NODE_NAME,
+            "--pod-selector=trainingjob.dev/job=quickstart",
+        ])
+        .args([
+            "--ignore-daemonsets",
+            "--delete-emptydir-data",
+            "--timeout=120s",
+        ])
+        .status()?;
+    step(format!(
+        "new capacity: kubectl uncordon {}",
+        crate::node::NODE_NAME
+    ));
+    run(kubectl(paths)?.args(["uncordon", crate::node::NODE_NAME]))?;
+    if !drain.success() {
+        bail!("kubectl drain failed");
+    }
+    wait_for("the next attempt to run", Duration::from_secs(180), || {
+        jsonpath(paths, "tj/quickstart", "{.status.attempt}") == "2"
+            && jsonpath(paths, "tj/quickstart", "{.status.phase}") == "Running"
+    })?;
+    let resumed_after = drained.elapsed();
+
     step("waiting for the job to succeed");
     let waited = kubectl(paths)?
         .args([
@@ -58,18 +101,57 @@ pub fn run_demo(paths: &Paths) -> Result<()> {
         "logs",
         "-n",
         NAMESPACE,
-        "quickstart-a1-r0",
+        "quickstart-a2-r0",
         "-c",
         "trainer",
-        "--tail=3",
     ]))?;
-    println!("\nThe trainer's last lines:\n{logs}");
+    let resumed = logs
+        .lines()
+        .find(|l| l.starts_with("resumed from"))
+        .unwrap_or("(no resume line)");
+    let last = logs
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("final "))
+        .unwrap_or("(no final line)");
+    println!(
+        "\nPreempted by kubectl drain and resumed:\n  \
+         reason:            {}\n  \
+         steps lost:        {}\n  \
+         time to resume:    {:.1}s from the drain to the next attempt running\n  \
+         grace in force:    {}s\n  \
+         the new attempt:   {resumed}\n  \
+         the trainer ended: {last}",
+        jsonpath(paths, "tj/quickstart", "{.status.interruptions[0].reason}"),
+        jsonpath(
+            paths,
+            "tj/quickstart",
+            "{.status.interruptions[0].stepsLost}"
+        ),
+        resumed_after.as_secs_f64(),
+        jsonpath(paths, "tj/quickstart", "{.status.gracePeriodSeconds}"),
+    );
     step(format!(
         "demo done in {:.0}s",
         started.elapsed().as_secs_f64()
     ));
     controlplane::print_usage(paths);
     Ok(())
+}
+
+fn jsonpath(paths: &Paths, object: &str, path: &str) -> String {
+    kubectl(paths)
+        .and_then(|mut k| {
+            output(k.args([
+                "get",
+                "-n",
+                NAMESPACE,
+                object,
+                "-o",
+                &format!("jsonpath={path}"),
+            ]))
+        })
+        .unwrap_or_default()
 }
 
 /// The operator from this checkout, run beside the cluster with the admin

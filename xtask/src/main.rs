@@ -1,5 +1,6 @@
 //! Developer commands: `cargo xtask <command>`. See the README.
 
+mod bench;
 mod binaries;
 mod controlplane;
 mod daemon;
@@ -39,6 +40,20 @@ enum Cmd {
     Test,
     /// The README's main command: the demo on the local cluster.
     Demo,
+    /// Print timings measured on the local cluster.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Time from an attempt's last pod gone to the next attempt's pods created.
+    Resume {
+        #[arg(long, default_value_t = 30)]
+        rounds: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -92,6 +107,9 @@ fn main() -> Result<()> {
         Cmd::Crd => test::regenerate_crd(&paths),
         Cmd::Test => test::run_all(&paths),
         Cmd::Demo => demo::run_demo(&paths),
+        Cmd::Bench { what } => match what {
+            BenchCmd::Resume { rounds } => bench::resume(&paths, rounds),
+        },
     }
 }
 
