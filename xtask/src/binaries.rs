@@ -25,6 +25,7 @@ pub const K8S_COMMANDS: &[&str] = &[
     "kube-controller-manager",
     "kube-scheduler",
     "kubelet",
+    "kube-proxy",
     "kubectl",
 ];
 

@@ -1,9 +1,11 @@
 //! The local control plane: etcd, kube-apiserver, kube-controller-manager and
-//! kube-scheduler on loopback, with their own certificates and an admin
-//! kubeconfig at `.cluster/kubeconfig`.
+//! kube-scheduler, with their own certificates and an admin kubeconfig at
+//! `.cluster/kubeconfig` (on loopback), and kube-proxy, so that pods reach
+//! the API server through the `kubernetes` Service as in any cluster.
 
 use crate::binaries;
 use crate::daemon;
+use crate::node::{NODE_IP, NODE_NAME};
 use crate::util::{output, run, step, succeeds, wait_for, write, Paths};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,14 @@ use std::time::{Duration, Instant};
 pub const API_SERVER: &str = "https://127.0.0.1:6443";
 const ETCD_CLIENT: &str = "http://127.0.0.1:2379";
 const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// The pods' addresses (node::POD_SUBNET): kube-proxy tells pod traffic
+/// from outside traffic by it.
+const CLUSTER_CIDR: &str = "10.85.0.0/16";
+/// What pods are told the API server is (the `kubernetes` Service's
+/// endpoint): the node's address on the pod bridge. The bridge comes up
+/// with the node, after the API server, so the server binds every address
+/// rather than this one, and loopback keeps working for the kubeconfig.
+const ADVERTISE_ADDRESS: &str = NODE_IP;
 
 /// The control plane's daemons, in start order.
 const DAEMONS: &[&str] = &[
@@ -20,6 +30,7 @@ const DAEMONS: &[&str] = &[
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
+    "kube-proxy",
 ];
 
 pub fn pki(paths: &Paths) -> PathBuf {
@@ -42,11 +53,19 @@ pub fn up(paths: &Paths) -> Result<()> {
     let started = Instant::now();
     let k8s = k8s_bin(paths)?;
     let etcd = binaries::etcd(&paths.cache)?;
-    if DAEMONS.iter().all(|d| daemon::alive(paths, d)) && api_ready(paths) {
+    ensure_pki(paths)?;
+    let current = ensure_serving_cert(paths)? && apiserver_reachable_from_pods(paths);
+    if current && DAEMONS.iter().all(|d| daemon::alive(paths, d)) && api_ready(paths) {
         step("control plane already up");
         return Ok(());
     }
-    ensure_pki(paths)?;
+    if !current && daemon::alive(paths, "kube-apiserver") {
+        // Started by an older xtask, on loopback only or with a certificate
+        // that does not name the pods' address for it. etcd keeps every
+        // object, so a restart costs clients one reconnect.
+        step("restarting kube-apiserver so that pods can reach it");
+        daemon::stop(paths, "kube-apiserver", Duration::from_secs(20))?;
+    }
 
     let mut cmd = Command::new(etcd.join("etcd"));
     cmd.args([
@@ -81,8 +100,8 @@ pub fn up(paths: &Paths) -> Result<()> {
     let f = |name: &str| p.join(name).display().to_string();
     let mut cmd = Command::new(k8s.join("kube-apiserver"));
     cmd.args([
-        "--bind-address=127.0.0.1",
-        "--advertise-address=127.0.0.1",
+        "--bind-address=0.0.0.0",
+        &format!("--advertise-address={ADVERTISE_ADDRESS}"),
         "--secure-port=6443",
         &format!("--etcd-servers={ETCD_CLIENT}"),
         &format!("--service-cluster-ip-range={SERVICE_CIDR}"),
@@ -143,6 +162,7 @@ pub fn up(paths: &Paths) -> Result<()> {
         "--v=1",
     ]);
     daemon::spawn(paths, "kube-scheduler", cmd)?;
+    start_kube_proxy(paths, &k8s)?;
 
     // The default ServiceAccount is what every namespaced test relies on:
     // wait for the controller-manager to make it, so callers never race it.
@@ -175,6 +195,10 @@ pub fn api_ready(paths: &Paths) -> bool {
 pub fn down(paths: &Paths) -> Result<()> {
     for name in DAEMONS.iter().rev() {
         daemon::stop(paths, name, Duration::from_secs(20))?;
+    }
+    // kube-proxy leaves its iptables chains behind when it stops.
+    if let Ok(k8s) = k8s_bin(paths) {
+        let _ = output(Command::new(k8s.join("kube-proxy")).arg("--cleanup"));
     }
     // Every run starts from empty storage: stale objects from an earlier
     // run would otherwise leak into the next one's tests.
@@ -244,22 +268,7 @@ fn ensure_pki(paths: &Paths) -> Result<()> {
         "-out",
         "ca.crt",
     ])?;
-    issue_cert(
-        paths,
-        "apiserver",
-        "kube-apiserver",
-        None,
-        &[
-            "DNS:localhost",
-            "DNS:kubernetes",
-            "DNS:kubernetes.default",
-            "DNS:kubernetes.default.svc",
-            "DNS:kubernetes.default.svc.cluster.local",
-            "IP:127.0.0.1",
-            "IP:10.96.0.1",
-        ],
-        true,
-    )?;
+    issue_serving_cert(paths)?;
     issue_cert(
         paths,
         "admin",
@@ -279,6 +288,127 @@ fn ensure_pki(paths: &Paths) -> Result<()> {
     ssl(&["genrsa", "-out", "sa.key", "2048"])?;
     ssl(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
     Ok(())
+}
+
+/// Every name clients use for the API server: loopback (the kubeconfig),
+/// the `kubernetes` Service's ClusterIP and DNS names (pods, through
+/// kube-proxy), and the address that Service's endpoint names.
+const APISERVER_SANS: &[&str] = &[
+    "DNS:localhost",
+    "DNS:kubernetes",
+    "DNS:kubernetes.default",
+    "DNS:kubernetes.default.svc",
+    "DNS:kubernetes.default.svc.cluster.local",
+    "IP:127.0.0.1",
+    "IP:10.96.0.1",
+    // ADVERTISE_ADDRESS; a test checks they agree.
+    "IP:10.85.0.1",
+];
+
+fn issue_serving_cert(paths: &Paths) -> Result<()> {
+    issue_cert(
+        paths,
+        "apiserver",
+        "kube-apiserver",
+        None,
+        APISERVER_SANS,
+        true,
+    )
+    .map(|_| ())
+}
+
+/// Reissues the API server's certificate when it lacks a name in
+/// APISERVER_SANS (made by an older xtask); says whether it was current.
+fn ensure_serving_cert(paths: &Paths) -> Result<bool> {
+    let text = output(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+            .arg(pki(paths).join("apiserver.crt")),
+    )
+    .unwrap_or_default();
+    // openssl prints `IP Address:10.96.0.1` for `IP:10.96.0.1`.
+    let printed = |san: &str| san.replacen("IP:", "IP Address:", 1);
+    if APISERVER_SANS
+        .iter()
+        .all(|san| text.contains(&printed(san)))
+    {
+        return Ok(true);
+    }
+    step("reissuing the API server's certificate with the names pods use for it");
+    issue_serving_cert(paths)?;
+    Ok(false)
+}
+
+/// Whether a running API server listens beyond loopback and advertises the
+/// address pods reach it at (one from an older xtask did neither).
+fn apiserver_reachable_from_pods(paths: &Paths) -> bool {
+    let Some(pid) = daemon::pid(paths, "kube-apiserver") else {
+        return true;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let has = |flag: &str| args.contains(&flag.as_bytes());
+    has("--bind-address=0.0.0.0") && has(&format!("--advertise-address={ADVERTISE_ADDRESS}"))
+}
+
+/// kube-proxy of the same release in iptables mode, so that Service
+/// ClusterIPs work on this machine: above all `kubernetes.default`
+/// (10.96.0.1:443), where in-cluster clients find the API server.
+fn start_kube_proxy(paths: &Paths, k8s: &Path) -> Result<()> {
+    if daemon::alive(paths, "kube-proxy") {
+        return Ok(());
+    }
+    crate::util::apt_install(&["iptables", "conntrack"])?;
+    let p = pki(paths);
+    // The user the built-in `system:node-proxier` binding grants what
+    // kube-proxy needs, and no more.
+    if !p.join("kube-proxy.crt").is_file() {
+        issue_cert(paths, "kube-proxy", "system:kube-proxy", None, &[], false)?;
+    }
+    let kubeconfig = paths.state.join("kube-proxy.kubeconfig");
+    write_kubeconfig(paths, &kubeconfig, "kube-proxy")?;
+    let config = paths.state.join("kube-proxy.yaml");
+    // conntrack and localhost settings are left as the machine has them:
+    // this cluster shares the host and must not retune its kernel.
+    write(
+        &config,
+        format!(
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+             clientConnection:\n  kubeconfig: {kubeconfig}\n\
+             mode: iptables\nclusterCIDR: {CLUSTER_CIDR}\nhostnameOverride: {NODE_NAME}\n\
+             bindAddress: {ADVERTISE_ADDRESS}\n\
+             healthzBindAddress: 127.0.0.1:10256\nmetricsBindAddress: 127.0.0.1:10249\n\
+             conntrack:\n  maxPerCore: 0\n  tcpEstablishedTimeout: 0s\n  tcpCloseWaitTimeout: 0s\n\
+             iptables:\n  localhostNodePorts: false\nnodePortAddresses: [primary]\n",
+            kubeconfig = kubeconfig.display(),
+        ),
+    )?;
+    let mut cmd = Command::new(k8s.join("kube-proxy"));
+    cmd.arg("--config").arg(&config).arg("--v=1");
+    daemon::spawn(paths, "kube-proxy", cmd)?;
+    // kube-proxy first waits (up to 30 s) for its Node object, which the
+    // kubelet registers after the control plane is up: on a fresh cluster
+    // it programs the rules once the node is there, in-cluster clients
+    // retry until then, and `cluster up` need not wait for it.
+    let node_registered = kubectl(paths)
+        .map(|mut k| succeeds(k.args(["get", "node", NODE_NAME])))
+        .unwrap_or(false);
+    if !node_registered {
+        return Ok(());
+    }
+    wait_for(
+        "kube-proxy to program the kubernetes Service",
+        Duration::from_secs(60),
+        kubernetes_service_programmed,
+    )
+    .map_err(|e| e.context(daemon::log_tail(paths, "kube-proxy", 20)))
+}
+
+/// kube-proxy's rules for `default/kubernetes` are in place.
+fn kubernetes_service_programmed() -> bool {
+    output(Command::new("iptables").args(["-t", "nat", "-S", "KUBE-SERVICES"]))
+        .map(|rules| rules.contains("default/kubernetes:https cluster IP"))
+        .unwrap_or(false)
 }
 
 /// Issues `<name>.crt`/`<name>.key` in the PKI folder, signed by the local CA.
@@ -352,4 +482,14 @@ pub fn write_kubeconfig(paths: &Paths, file: &Path, cert: &str) -> Result<()> {
         key = p.join(format!("{cert}.key")).display(),
     );
     write(file, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_serving_certificate_names_the_advertised_address() {
+        assert!(APISERVER_SANS.contains(&format!("IP:{ADVERTISE_ADDRESS}").as_str()));
+    }
 }

@@ -5,6 +5,7 @@ mod binaries;
 mod controlplane;
 mod daemon;
 mod demo;
+mod helm;
 mod images;
 mod lifetimes;
 mod node;
@@ -36,6 +37,15 @@ enum Cmd {
     Images,
     /// Regenerate crds/ from the Rust types.
     Crd,
+    /// The pinned helm (built on first use) against the local cluster, e.g.
+    /// `cargo xtask helm -- list -A`; without arguments, print its path.
+    /// `--sync-crd` copies crds/trainingjob.yaml into the chart.
+    Helm {
+        #[arg(long)]
+        sync_crd: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The README's test command: lint, unit tests, then tests against the real cluster.
     Test,
     /// The README's main command: the demo on the local cluster.
@@ -105,6 +115,12 @@ fn main() -> Result<()> {
         },
         Cmd::Images => images::build_and_import(&paths),
         Cmd::Crd => test::regenerate_crd(&paths),
+        Cmd::Helm { sync_crd, args } => {
+            if sync_crd {
+                helm::sync_crd(&paths)?;
+            }
+            helm::run_helm(&paths, &args)
+        }
         Cmd::Test => test::run_all(&paths),
         Cmd::Demo => demo::run_demo(&paths),
         Cmd::Bench { what } => match what {

@@ -34,9 +34,11 @@ pub fn run_all(paths: &Paths) -> Result<()> {
     let path = std::env::join_paths(std::iter::once(k8s).chain(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
     )))?;
+    let helm = crate::helm::helm(paths)?;
     run(Command::new("cargo")
         .current_dir(&paths.root)
         .env("KUBECONFIG", paths.kubeconfig())
+        .env("HELM", helm.join("helm"))
         .env("PATH", path)
         .args(["test", "--workspace", "--", "--include-ignored"]))?;
     let lifetimes = watcher.finish()?;
@@ -81,5 +83,6 @@ pub fn regenerate_crd(paths: &Paths) -> Result<()> {
     )?;
     crate::util::write(&paths.root.join("crds/trainingjob.yaml"), yaml)?;
     step("wrote crds/trainingjob.yaml");
+    crate::helm::sync_crd(paths)?;
     Ok(())
 }
