@@ -2,6 +2,7 @@
 //! act. Only this file and `main.rs` talk to the API server.
 
 use crate::api::{TrainingJob, TrainingJobStatus};
+use crate::defaults::Defaults;
 use crate::error::{Error, Result};
 use crate::lifecycle::{self, Decision, Inputs};
 use crate::metrics::{ErrorLabels, EventLabels, JobLabels, Metrics};
@@ -30,10 +31,16 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Image the launcher is copied from (the operator's own).
     pub operator_image: String,
+    pub defaults: Defaults,
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<Metrics>, operator_image: String) -> Self {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        operator_image: String,
+        defaults: Defaults,
+    ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -43,6 +50,7 @@ impl Context {
             client,
             metrics,
             operator_image,
+            defaults,
         }
     }
 }
@@ -133,6 +141,7 @@ async fn reconcile_inner(job: &TrainingJob, ctx: &Context, started: Instant) -> 
         pods: &views,
         problems: &problems,
         now: Timestamp::now(),
+        defaults: &ctx.defaults,
     });
     if earlier_running && decision.create_attempt.is_some() {
         info!("waiting for the pods of an earlier job named {name} to stop");
@@ -241,10 +250,11 @@ async fn create_attempt(
         attempt,
         grace_seconds: status
             .grace_period_seconds
-            .unwrap_or(i64::from(job.spec.preemption.notice_seconds)),
+            .unwrap_or(i64::from(ctx.defaults.notice_seconds(job))),
         checkpoint_interval_seconds: status.recommended_checkpoint_interval_seconds,
         shm_bytes,
         operator_image: ctx.operator_image.clone(),
+        spot: ctx.defaults.spot(job),
     };
     let Ok(pods) = pods::build_pods(job, &plan) else {
         // preflight reported it; nothing to create.
@@ -409,6 +419,7 @@ async fn preflight(job: &TrainingJob, ctx: &Context, ns: &str) -> Result<Vec<Str
         checkpoint_interval_seconds: None,
         shm_bytes: None,
         operator_image: String::new(),
+        spot: None,
     };
     if let Err(e) = pods::build_pod(job, &plan, 0) {
         problems.push(format!("template: {e}"));

@@ -88,6 +88,34 @@ impl Elector {
         }
     }
 
+    /// Gives the lease up on a clean shutdown (a rollout, a drain), so the
+    /// standby takes over on its next try instead of after LEASE_DURATION.
+    pub async fn release(&self) {
+        let result = async {
+            let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+                return Ok(());
+            };
+            let spec = lease.spec.get_or_insert_with(Default::default);
+            if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+                return Ok(());
+            }
+            spec.holder_identity = None;
+            spec.lease_duration_seconds = Some(1);
+            spec.renew_time = Some(MicroTime(Timestamp::now()));
+            self.api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await
+                .map(|_| ())
+        }
+        .await;
+        match result {
+            Ok(()) => info!(lease = %self.name, "released the lease"),
+            Err(e) => {
+                warn!("could not release the lease (the standby takes over when it expires): {e}")
+            }
+        }
+    }
+
     async fn try_acquire_or_renew(&self) -> kube::Result<Outcome> {
         let now = MicroTime(Timestamp::now());
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {

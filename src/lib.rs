@@ -5,6 +5,7 @@ pub mod api;
 pub mod conditions;
 pub mod controller;
 pub mod crd;
+pub mod defaults;
 pub mod error;
 pub mod finalizers;
 pub mod grace;

@@ -18,6 +18,7 @@ use crate::api::{
     TrainingJobStatus, MAX_INTERRUPTIONS,
 };
 use crate::conditions::{self, FAILED, GRACE_EXCEEDS_NOTICE, READY, SPEC_PROBLEM, SUCCEEDED};
+use crate::defaults::Defaults;
 use crate::grace::{self, SaveEvidence};
 use crate::observe::{Outcome, PodView};
 use crate::quantity;
@@ -49,6 +50,8 @@ pub struct Inputs<'a> {
     /// What the schema could not catch and makes the spec unrunnable.
     pub problems: &'a [String],
     pub now: Timestamp,
+    /// The operator-wide defaults the spec may leave to it.
+    pub defaults: &'a Defaults,
 }
 
 /// How each rank of the current attempt stands.
@@ -420,7 +423,7 @@ fn start_attempt(d: &mut Decision, job: &TrainingJob, inp: &Inputs, attempt: i32
             .as_deref()
             .and_then(|q| quantity::bytes(q).ok()),
     };
-    let notice = i64::from(job.spec.preemption.notice_seconds);
+    let notice = i64::from(inp.defaults.notice_seconds(job));
     let g = grace::grace(
         &evidence,
         notice,

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{error, info, warn};
+use trainingjob_operator::api::SpotProvider;
 use trainingjob_operator::controller::{self, Context};
+use trainingjob_operator::defaults::{self, Defaults};
 use trainingjob_operator::leader;
 use trainingjob_operator::metrics::Metrics;
 
@@ -63,6 +65,19 @@ struct RunArgs {
     lease_namespace: String,
     #[arg(long, env = "LEASE_NAME", default_value = "trainingjob-operator")]
     lease_name: String,
+    /// Preemption notice for jobs whose spec sets none (GKE 15-30, AWS 120, Azure 30).
+    #[arg(long, env = "DEFAULT_NOTICE_SECONDS", default_value_t = defaults::NOTICE_SECONDS,
+          value_parser = clap::value_parser!(i32).range(1..=3600))]
+    default_notice_seconds: i32,
+    /// Spot provider whose node selector and toleration jobs get when their
+    /// spec names none.
+    #[arg(long, env = "DEFAULT_SPOT_PROVIDER", value_parser = parse_spot)]
+    default_spot_provider: Option<SpotProvider>,
+}
+
+fn parse_spot(s: &str) -> Result<SpotProvider, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("{s:?} is not one of GKE, EKS, Karpenter, AKS"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -145,7 +160,16 @@ async fn run(args: RunArgs) -> i32 {
         .with_state(http.clone());
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let ctx = Arc::new(Context::new(client.clone(), metrics, args.operator_image));
+    let defaults = Defaults {
+        notice_seconds: args.default_notice_seconds,
+        spot: args.default_spot_provider,
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics,
+        args.operator_image,
+        defaults,
+    ));
     let client_for_orphans = client.clone();
     let elector = args.leader_elect.then(|| {
         leader::Elector::new(
@@ -181,7 +205,10 @@ async fn run(args: RunArgs) -> i32 {
                     Ok(())
                 }
                 Some(elector) => tokio::select! {
-                    _ = work => Ok(()),
+                    _ = work => {
+                        elector.release().await;
+                        Ok(())
+                    }
                     // Lost the lease: stop acting at once. The restart
                     // rejoins as a standby.
                     _ = elector.hold() => Err("lost the leader lease"),

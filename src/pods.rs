@@ -66,6 +66,8 @@ pub struct AttemptPlan {
     pub shm_bytes: Option<u64>,
     /// The operator's image: the init container copies the launcher from it.
     pub operator_image: String,
+    /// Whose spot nodes to run on: the spec's, or the operator's default.
+    pub spot: Option<SpotProvider>,
 }
 
 pub fn pod_name(job: &str, attempt: i32, rank: i32) -> String {
@@ -303,8 +305,8 @@ pub fn build_pod(job: &TrainingJob, plan: &AttemptPlan, rank: i32) -> Result<Pod
             ..Default::default()
         });
     }
-    if let Some(spot) = &spec.spot {
-        let (label, value, taint) = spot_convention(spot.provider);
+    if let Some(provider) = plan.spot {
+        let (label, value, taint) = spot_convention(provider);
         pod_spec
             .node_selector
             .get_or_insert_with(BTreeMap::new)

@@ -94,7 +94,8 @@ pub struct TrainingJobSpec {
     pub preemption: PreemptionSpec,
 
     /// Run on spot capacity: adds the provider's spot node selector and
-    /// toleration to every pod, on top of the template's own.
+    /// toleration to every pod, on top of the template's own. Unset: the
+    /// operator's default provider, if the platform team set one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spot: Option<SpotSpec>,
 
@@ -171,15 +172,17 @@ pub struct DataLoaderSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "self.minGraceSeconds <= self.noticeSeconds",
+    "rule": "!has(self.noticeSeconds) || self.minGraceSeconds <= self.noticeSeconds",
     "message": "preemption.minGraceSeconds must not exceed preemption.noticeSeconds: the node is gone when the notice ends"
 }]))]
 pub struct PreemptionSpec {
     /// Seconds between the provider's preemption notice and the node going
     /// away (GKE 15-30, AWS 120, Azure 30). The grace period never exceeds it.
-    #[serde(default = "default_notice_seconds")]
+    /// Unset: the operator's default (its --default-notice-seconds, 30 unless
+    /// the platform team set another).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 3600))]
-    pub notice_seconds: i32,
+    pub notice_seconds: Option<i32>,
 
     /// The shortest grace period the operator sets, whatever it measures.
     #[serde(default = "default_min_grace_seconds")]
@@ -196,7 +199,7 @@ pub struct PreemptionSpec {
 impl Default for PreemptionSpec {
     fn default() -> Self {
         Self {
-            notice_seconds: default_notice_seconds(),
+            notice_seconds: None,
             min_grace_seconds: default_min_grace_seconds(),
             max_preemptions: default_max_preemptions(),
         }
@@ -237,9 +240,6 @@ fn default_mount_path() -> String {
 }
 fn default_prefetch_factor() -> i32 {
     2
-}
-fn default_notice_seconds() -> i32 {
-    30
 }
 fn default_min_grace_seconds() -> i32 {
     5

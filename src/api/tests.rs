@@ -25,7 +25,10 @@ fn omitted_fields_take_the_documented_defaults() {
     assert_eq!(tj.spec.checkpoint.size_hint, None);
     assert_eq!(tj.spec.shared_memory, None);
     assert_eq!(tj.spec.preemption, PreemptionSpec::default());
-    assert_eq!(tj.spec.preemption.notice_seconds, 30);
+    assert_eq!(
+        tj.spec.preemption.notice_seconds, None,
+        "the operator's default applies"
+    );
     assert_eq!(tj.spec.preemption.max_preemptions, 100);
     assert!(tj.status.is_none());
 }

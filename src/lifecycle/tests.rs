@@ -45,6 +45,7 @@ fn ended(mut p: PodView, outcome: Outcome) -> PodView {
 
 fn run(j: &TrainingJob, pods: &[PodView]) -> Decision {
     decide(&Inputs {
+        defaults: &Defaults::default(),
         job: j,
         pods,
         problems: &[],
@@ -384,6 +385,7 @@ fn a_spec_that_cannot_run_gets_a_condition_and_no_pods() {
         pods: &[],
         problems: &problems,
         now: now(),
+        defaults: &Defaults::default(),
     });
     assert_eq!(d.create_attempt, None);
     let c = cond(&d.status, SPEC_PROBLEM);

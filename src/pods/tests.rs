@@ -1,5 +1,5 @@
 use super::*;
-use crate::api::{SpotSpec, TrainingJob};
+use crate::api::TrainingJob;
 use serde_json::json;
 
 fn job(extra: serde_json::Value) -> TrainingJob {
@@ -37,6 +37,7 @@ fn plan() -> AttemptPlan {
         checkpoint_interval_seconds: Some(600),
         shm_bytes: Some(16 << 30),
         operator_image: "localhost/trainingjob-operator:dev".into(),
+        spot: None,
     }
 }
 
@@ -240,11 +241,15 @@ fn gpu_requests_equal_limits() {
 
 #[test]
 fn spot_adds_the_providers_selector_and_toleration() {
-    let mut j = job(json!({}));
-    j.spec.spot = Some(SpotSpec {
-        provider: SpotProvider::Gke,
-    });
-    let spec = build_pod(&j, &plan(), 0).unwrap().spec.unwrap();
+    let j = job(json!({}));
+    let with = |provider| AttemptPlan {
+        spot: Some(provider),
+        ..plan()
+    };
+    let spec = build_pod(&j, &with(SpotProvider::Gke), 0)
+        .unwrap()
+        .spec
+        .unwrap();
     assert_eq!(
         spec.node_selector.unwrap()["cloud.google.com/gke-spot"],
         "true"
@@ -253,27 +258,30 @@ fn spot_adds_the_providers_selector_and_toleration() {
     assert_eq!(t.key.as_deref(), Some("cloud.google.com/gke-spot"));
     assert_eq!(t.effect.as_deref(), Some("NoSchedule"));
 
-    j.spec.spot = Some(SpotSpec {
-        provider: SpotProvider::Eks,
-    });
-    let spec = build_pod(&j, &plan(), 0).unwrap().spec.unwrap();
+    let spec = build_pod(&j, &with(SpotProvider::Eks), 0)
+        .unwrap()
+        .spec
+        .unwrap();
     assert_eq!(
         spec.node_selector.unwrap()["eks.amazonaws.com/capacityType"],
         "SPOT"
     );
     assert!(spec.tolerations.is_none());
+    let none = build_pod(&j, &plan(), 0).unwrap().spec.unwrap();
+    assert!(none.node_selector.is_none());
 }
 
 #[test]
 fn template_node_selector_and_tolerations_are_kept() {
-    let mut j = job(json!({"template": {"spec": {
+    let j = job(json!({"template": {"spec": {
         "nodeSelector": {"pool": "a100"},
         "tolerations": [{"key": "dedicated", "operator": "Exists"}]
     }}}));
-    j.spec.spot = Some(SpotSpec {
-        provider: SpotProvider::Aks,
-    });
-    let spec = build_pod(&j, &plan(), 0).unwrap().spec.unwrap();
+    let aks = AttemptPlan {
+        spot: Some(SpotProvider::Aks),
+        ..plan()
+    };
+    let spec = build_pod(&j, &aks, 0).unwrap().spec.unwrap();
     let sel = spec.node_selector.unwrap();
     assert_eq!(sel["pool"], "a100");
     assert_eq!(sel["kubernetes.azure.com/scalesetpriority"], "spot");
