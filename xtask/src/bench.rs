@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: timings that the tests must not assert, printed.
 //!
 //! resume: on the local cluster, the time from the last pod of an attempt
-//! being gone (its DELETED watch event) to the next attempt's pod being
+//! being gone (the first watch event that shows it Succeeded or Failed, or
+//! deleted: its containers can no longer run; the object itself may linger
+//! for the operator to read its report) to the next attempt's pod being
 //! created (its ADDED event), over repeated preemptions. Both times are when
 //! this process received the events from one watch, in the API server's
 //! order.
@@ -22,7 +24,7 @@ pub fn resume(paths: &Paths, rounds: u32) -> Result<()> {
     crate::cluster_up(paths, false)?;
     crate::images::build_and_import(paths)?;
     crate::test::install_crd(paths)?;
-    start_operator(paths)?;
+    start_operator(paths, NAMESPACE)?;
     let _ = output(kubectl(paths)?.args([
         "delete",
         "namespace",
@@ -108,7 +110,7 @@ spec:
             &format!("{pod} gone and {next} created"),
             Duration::from_secs(120),
             || {
-                pair = seen("DELETED", &pod).zip(seen("ADDED", &next));
+                pair = seen("GONE", &pod).zip(seen("ADDED", &next));
                 pair.is_some()
             },
         )?;

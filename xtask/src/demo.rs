@@ -16,19 +16,29 @@ pub fn run_demo(paths: &Paths) -> Result<()> {
     crate::cluster_up(paths, false)?;
     crate::images::build_and_import(paths)?;
     crate::test::install_crd(paths)?;
-    start_operator(paths)?;
 
     step(format!(
-        "a fresh namespace {NAMESPACE:?} with a volume for the checkpoints"
+        "namespace {NAMESPACE:?}, emptied of an earlier run, with a fresh volume"
     ));
-    let _ = output(kubectl(paths)?.args([
-        "delete",
-        "namespace",
-        NAMESPACE,
-        "--ignore-not-found",
-        "--wait=true",
-    ]));
-    run(kubectl(paths)?.args(["create", "namespace", NAMESPACE]))?;
+    // The namespace itself stays between runs: the chart's Role for the
+    // operator lives in it, and deleting it would cut the operator off.
+    if !succeeds(kubectl(paths)?.args(["get", "namespace", NAMESPACE])) {
+        run(kubectl(paths)?.args(["create", "namespace", NAMESPACE]))?;
+    }
+    install_operator(paths)?;
+    for kind in ["trainingjobs", "persistentvolumeclaims"] {
+        run(kubectl(paths)?
+            .args([
+                "delete",
+                kind,
+                "--all",
+                "-n",
+                NAMESPACE,
+                "--wait=true",
+                "--timeout=120s",
+            ])
+            .stdout(std::process::Stdio::null()))?;
+    }
     provision_volume(paths, NAMESPACE, "quickstart-checkpoints", "ReadWriteOnce")?;
 
     step("kubectl apply -f examples/quickstart.yaml");
@@ -116,12 +126,12 @@ pub fn run_demo(paths: &Paths) -> Result<()> {
         .unwrap_or("(no final line)");
     println!(
         "\nPreempted by kubectl drain and resumed:\n  \
-         reason:            {}\n  \
-         steps lost:        {}\n  \
-         time to resume:    {:.1}s from the drain to the next attempt running\n  \
-         grace in force:    {}s\n  \
-         the new attempt:   {resumed}\n  \
-         the trainer ended: {last}",
+         reason:               {}\n  \
+         steps lost:           {}\n  \
+         time to resume:       {:.1}s from the drain to the next attempt running\n  \
+         grace in force:       {}s\n  \
+         the new attempt:      {resumed}\n  \
+         the trainer ended:    {last}",
         jsonpath(paths, "tj/quickstart", "{.status.interruptions[0].reason}"),
         jsonpath(
             paths,
@@ -131,12 +141,50 @@ pub fn run_demo(paths: &Paths) -> Result<()> {
         resumed_after.as_secs_f64(),
         jsonpath(paths, "tj/quickstart", "{.status.gracePeriodSeconds}"),
     );
+    let reference = uninterrupted_final_line(paths)?;
+    println!(
+        "  an uninterrupted run: {reference}\n  identical:            {}",
+        if reference == last {
+            "yes, bit for bit"
+        } else {
+            "NO"
+        }
+    );
+    if reference != last {
+        bail!("the preempted run ended differently from an uninterrupted one");
+    }
     step(format!(
         "demo done in {:.0}s",
         started.elapsed().as_secs_f64()
     ));
     controlplane::print_usage(paths);
     Ok(())
+}
+
+/// The example trainer's last line with the quickstart's settings and
+/// nothing interrupting it, run here on the host.
+fn uninterrupted_final_line(paths: &Paths) -> Result<String> {
+    let dir = paths.state.join("demo-reference");
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = output(
+        Command::new("python3")
+            .arg(paths.root.join("examples/trainer/train.py"))
+            .args([
+                "--total-steps",
+                "600",
+                "--ckpt-every",
+                "100",
+                "--checkpoint-dir",
+            ])
+            .arg(&dir),
+    )?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("final "))
+        .unwrap_or_default()
+        .to_string())
 }
 
 fn jsonpath(paths: &Paths, object: &str, path: &str) -> String {
@@ -154,20 +202,42 @@ fn jsonpath(paths: &Paths, object: &str, path: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The operator in the cluster, installed the way platform teams do: with
+/// Helm, from this checkout's chart and image, managing the demo namespace.
+pub fn install_operator(paths: &Paths) -> Result<()> {
+    step("helm upgrade --install trainingjob-operator charts/trainingjob-operator");
+    let helm = crate::helm::helm(paths)?.join("helm");
+    // The tag is always `dev`: an annotation with the image's input hash
+    // rolls the pod exactly when the image was rebuilt.
+    let image_key = crate::images::imported_key(crate::images::OPERATOR_IMAGE).unwrap_or_default();
+    run(Command::new(helm)
+        .env("KUBECONFIG", paths.kubeconfig())
+        .args(["upgrade", "--install", OPERATOR, "charts/trainingjob-operator"])
+        .args(["--namespace", "trainingjob-system", "--create-namespace", "--take-ownership"])
+        .args(["--set", &format!("watchNamespace={NAMESPACE}")])
+        .args(["--set-string", &format!("podAnnotations.trainingjob\\.dev/image={image_key}")])
+        .args(["--wait", "--timeout", "180s"])
+        .current_dir(&paths.root))
+    .with_context(|| "helm could not install the operator; `kubectl -n trainingjob-system describe pods` says why")?;
+    run(kubectl(paths)?.args(["get", "pods", "-n", "trainingjob-system"]))
+}
+
 /// The operator from this checkout, run beside the cluster with the admin
-/// kubeconfig. Restarted when the binary changed since it was started.
-pub fn start_operator(paths: &Paths) -> Result<()> {
+/// kubeconfig and scoped to `namespace` (for the benchmarks, which time the
+/// operator alone). Restarted on every call so it is this build's.
+pub fn start_operator(paths: &Paths, namespace: &str) -> Result<()> {
     crate::util::apt_install(&["curl"])?;
     let bin = release::static_binaries(paths)?.join(OPERATOR);
     daemon::stop(paths, OPERATOR, Duration::from_secs(10))?;
     let mut cmd = Command::new(&bin);
     cmd.args([
         "run",
+        "--namespace",
+        namespace,
         "--listen",
         "127.0.0.1:18080",
-        "--operator-image",
-        crate::images::OPERATOR_IMAGE,
     ])
+    .args(["--operator-image", crate::images::OPERATOR_IMAGE])
     .env("KUBECONFIG", paths.kubeconfig());
     daemon::spawn(paths, OPERATOR, cmd)?;
     wait_for("the operator to be ready", Duration::from_secs(60), || {

@@ -237,7 +237,9 @@ fn prune_archives(dir: &Path, tag: &str) {
 }
 
 /// The inputs' hash containerd holds for `tag`, if it holds the image at all.
-fn imported_key(tag: &str) -> Option<String> {
+/// The hash of the inputs the imported image `tag` was built from: it changes
+/// exactly when the image does, so a pod annotated with it rolls then.
+pub fn imported_key(tag: &str) -> Option<String> {
     let list = output(node::ctr().args(["images", "ls", &format!("name=={tag}")])).ok()?;
     let prefix = format!("{INPUTS_LABEL}=");
     list.lines()

@@ -25,6 +25,12 @@ pub fn run_all(paths: &Paths) -> Result<()> {
     ]))?;
 
     crate::cluster_up(paths, false)?;
+    // A benchmark's operator left running would act beside the tests' own.
+    crate::daemon::stop(
+        paths,
+        "trainingjob-operator",
+        std::time::Duration::from_secs(10),
+    )?;
     crate::images::build_and_import(paths)?;
     install_crd(paths)?;
 
