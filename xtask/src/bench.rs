@@ -52,7 +52,7 @@ spec:
         imagePullPolicy: Never
         command: ["python3", "/opt/trainer/train.py", "--total-steps", "100000000", "--step-seconds", "0.05", "--ckpt-every", "100"]
 "#;
-    apply(paths, manifest)?;
+    crate::controlplane::kubectl_apply(paths, Some(NAMESPACE), manifest)?;
 
     let events = Arc::new(Mutex::new(Vec::<(Instant, String, String)>::new()));
     let mut watch = kubectl(paths)?
@@ -131,32 +131,6 @@ spec:
     Ok(())
 }
 
-fn apply(paths: &Paths, manifest: &str) -> Result<()> {
-    use std::io::Write;
-    let mut child = kubectl(paths)?
-        .args(["apply", "-n", NAMESPACE, "-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(manifest.as_bytes())?;
-    anyhow::ensure!(child.wait()?.success(), "kubectl apply failed");
-    Ok(())
-}
-
 fn jsonpath(paths: &Paths, path: &str) -> String {
-    kubectl(paths)
-        .and_then(|mut k| {
-            output(k.args([
-                "get",
-                "-n",
-                NAMESPACE,
-                "tj/bench",
-                "-o",
-                &format!("jsonpath={path}"),
-            ]))
-        })
-        .unwrap_or_default()
+    crate::controlplane::jsonpath(paths, NAMESPACE, "tj/bench", path)
 }

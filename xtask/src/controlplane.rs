@@ -185,6 +185,42 @@ pub fn up(paths: &Paths) -> Result<()> {
     Ok(())
 }
 
+/// `kubectl apply -f -` of `manifest`, in `namespace` when given.
+pub fn kubectl_apply(paths: &Paths, namespace: Option<&str>, manifest: &str) -> Result<()> {
+    use std::io::Write;
+    let mut cmd = kubectl(paths)?;
+    if let Some(ns) = namespace {
+        cmd.args(["-n", ns]);
+    }
+    let mut child = cmd
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(manifest.as_bytes())?;
+    anyhow::ensure!(child.wait()?.success(), "kubectl apply failed");
+    Ok(())
+}
+
+/// A jsonpath of an object in `namespace`, or "" when it is not there (yet).
+pub fn jsonpath(paths: &Paths, namespace: &str, object: &str, path: &str) -> String {
+    kubectl(paths)
+        .and_then(|mut k| {
+            output(k.args([
+                "get",
+                "-n",
+                namespace,
+                object,
+                "-o",
+                &format!("jsonpath={path}"),
+            ]))
+        })
+        .unwrap_or_default()
+}
+
 pub fn api_ready(paths: &Paths) -> bool {
     paths.kubeconfig().is_file()
         && kubectl(paths)

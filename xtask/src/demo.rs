@@ -188,18 +188,7 @@ fn uninterrupted_final_line(paths: &Paths) -> Result<String> {
 }
 
 fn jsonpath(paths: &Paths, object: &str, path: &str) -> String {
-    kubectl(paths)
-        .and_then(|mut k| {
-            output(k.args([
-                "get",
-                "-n",
-                NAMESPACE,
-                object,
-                "-o",
-                &format!("jsonpath={path}"),
-            ]))
-        })
-        .unwrap_or_default()
+    controlplane::jsonpath(paths, NAMESPACE, object, path)
 }
 
 /// The operator in the cluster, installed the way platform teams do: with
@@ -262,18 +251,6 @@ pub fn provision_volume(paths: &Paths, ns: &str, claim: &str, mode: &str) -> Res
         "--ignore-not-found",
     ]));
     let _ = std::fs::remove_dir_all(format!("/var/lib/tjo-volumes/{ns}/{claim}"));
-    let mut child = kubectl(paths)?
-        .args(["apply", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()?;
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(manifest.as_bytes())?;
-    if !child.wait()?.success() {
-        bail!("creating the PersistentVolume for {ns}/{claim} failed");
-    }
-    Ok(())
+    controlplane::kubectl_apply(paths, None, &manifest)
+        .with_context(|| format!("creating the PersistentVolume for {ns}/{claim}"))
 }
