@@ -164,7 +164,18 @@ async fn act(
     // an attempt newer than status and finishes it (lifecycle's catch-up)
     // rather than taking the missing pods for a preemption.
     if let Some(attempt) = d.create_attempt {
-        create_attempt(job, ctx, ns, views, attempt, &d.status).await?;
+        match create_attempt(job, ctx, ns, views, attempt, &d.status).await {
+            Ok(()) => {}
+            // The namespace is going away with the job in it: start nothing,
+            // and let finished pods go so the deletion is not held up by the
+            // finalizer that only we remove.
+            Err(Error::NamespaceTerminating) => {
+                info!("namespace {ns} is being deleted; not starting attempt {attempt}");
+                release_finished(ctx, ns, listed).await?;
+                return Ok(Action::requeue(Duration::from_secs(10)));
+            }
+            Err(e) => return Err(e),
+        }
     }
     if let Some(attempt) = d.create_attempt.filter(|a| *a > 1) {
         if d.status.phase == Some(crate::api::Phase::Resuming)
@@ -180,10 +191,8 @@ async fn act(
         record_metrics(ctx, ns, &name, job.status.as_ref(), &d);
     }
     // Only now that status holds their reports may finished pods go.
+    release_finished(ctx, ns, listed).await?;
     let pods_api = Api::<Pod>::namespaced(ctx.client.clone(), ns);
-    for pod in listed.iter().filter(|p| finalizers::releasable(p)) {
-        finalizers::release(&pods_api, pod).await?;
-    }
     let reference = job.object_ref(&());
     for (warning, reason, note) in &d.events {
         info!(reason = %reason, "{note}");
@@ -220,6 +229,14 @@ async fn act(
         // Pod and Service events wake the job; the resync is a safety net.
         None => Action::requeue(Duration::from_secs(300)),
     })
+}
+
+async fn release_finished(ctx: &Context, ns: &str, listed: &[Pod]) -> Result<()> {
+    let pods_api = Api::<Pod>::namespaced(ctx.client.clone(), ns);
+    for pod in listed.iter().filter(|p| finalizers::releasable(p)) {
+        finalizers::release(&pods_api, pod).await?;
+    }
+    Ok(())
 }
 
 async fn create_attempt(
@@ -267,12 +284,20 @@ async fn create_attempt(
         if views.iter().any(|v| v.name == name) {
             continue;
         }
-        api.patch(
-            &name,
-            &params,
-            &Patch::Apply(with_type_meta(&pod, "v1", "Pod")?),
-        )
-        .await?;
+        match api
+            .patch(
+                &name,
+                &params,
+                &Patch::Apply(with_type_meta(&pod, "v1", "Pod")?),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains("being terminated") => {
+                return Err(Error::NamespaceTerminating)
+            }
+            Err(e) => return Err(e.into()),
+        }
         ctx.metrics.pods_created.inc();
         info!(pod = %name, attempt, "created pod");
     }
@@ -437,6 +462,7 @@ fn error_policy(job: Arc<TrainingJob>, error: &Error, ctx: Arc<Context>) -> Acti
     warn!(job = %job.name_any(), "reconcile failed: {error}");
     match error {
         Error::NoNamespace | Error::Serialize { .. } => Action::await_change(),
+        Error::NamespaceTerminating => Action::requeue(Duration::from_secs(10)),
         _ => Action::requeue(Duration::from_secs(5)),
     }
 }

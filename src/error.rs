@@ -16,6 +16,9 @@ pub enum Error {
 
     #[error("the TrainingJob has no namespace")]
     NoNamespace,
+
+    #[error("the namespace is being deleted: no new pods can be created in it")]
+    NamespaceTerminating,
 }
 
 impl Error {
@@ -26,6 +29,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Serialize { .. } => "serialize",
             Error::NoNamespace => "no_namespace",
+            Error::NamespaceTerminating => "namespace_terminating",
         }
     }
 }

@@ -260,3 +260,30 @@ fn a_spec_that_cannot_run_gets_a_condition_and_other_jobs_still_run() {
         );
     }
 }
+
+#[test]
+#[ignore = "needs the local cluster: cargo xtask test"]
+fn deleting_the_namespace_of_a_running_job_completes() {
+    let ns = TempNamespace::new("nsdelete");
+    claim(&ns.name, "ckpt", "ReadWriteOnce");
+    let _op = Operator::start(&ns.name);
+    let cmd = [
+        "python3",
+        "/opt/trainer/train.py",
+        "--total-steps",
+        "100000",
+        "--step-seconds",
+        "0.05",
+    ];
+    apply(&ns.name, &job("doomed", "ckpt", &cmd, ""));
+    wait_until("the job to run", Duration::from_secs(120), || {
+        (jsonpath(&ns.name, "tj/doomed", "{.status.phase}") == "Running").then_some(())
+    });
+    // The namespace controller deletes the pods (a disruption the operator
+    // sees) while the job goes too: the operator must neither try to start
+    // the next attempt forever nor keep its finalizer on the finished pods.
+    kubectl_ok(&["delete", "namespace", &ns.name, "--wait=false"]);
+    wait_until("the namespace to be gone", Duration::from_secs(180), || {
+        (!kubectl(&["get", "namespace", &ns.name]).status.success()).then_some(())
+    });
+}

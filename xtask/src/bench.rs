@@ -80,7 +80,16 @@ spec:
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            let kind = ev["type"].as_str().unwrap_or_default().to_string();
+            let terminal = matches!(
+                ev["object"]["status"]["phase"].as_str(),
+                Some("Succeeded" | "Failed")
+            );
+            let kind = match ev["type"].as_str().unwrap_or_default() {
+                "DELETED" => "GONE",
+                _ if terminal => "GONE",
+                other => other,
+            }
+            .to_string();
             sink.lock().unwrap().push((Instant::now(), kind, name));
         }
     });
