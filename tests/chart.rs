@@ -11,7 +11,7 @@ mod common;
 
 use common::{
     jsonpath, kubectl, kubectl_ok, kubectl_with_input, provision_volume, root, stderr,
-    wait_condition, wait_until, TempNamespace,
+    wait_condition, wait_until, wait_until_or, TempNamespace,
 };
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
@@ -294,30 +294,6 @@ fn reporter_of(ns: &str, job: &str, reason: &str) -> Option<String> {
         .into_iter()
         .find(|e| e.object == job && e.reason == reason)
         .map(|e| e.instance)
-}
-
-/// wait_until, with `state()` in the failure message.
-fn poll<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> Option<T>,
-    state: impl Fn() -> String,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    let remaining = || deadline.saturating_duration_since(Instant::now());
-    let mut found = None;
-    while found.is_none() && !remaining().is_zero() {
-        found = check();
-        if found.is_none() {
-            std::thread::sleep(Duration::from_millis(100).min(remaining()));
-        }
-    }
-    found.unwrap_or_else(|| {
-        panic!(
-            "timed out after {timeout:?} waiting for {what}\n{}",
-            state()
-        )
-    })
 }
 
 fn seconds(d: SignedDuration) -> f64 {
@@ -651,7 +627,7 @@ fn the_standby_takes_over_when_the_leader_dies_and_never_acts_beside_it() {
     ]);
     start_job(&jobs.name, "after-kill", 100, 0.02);
 
-    let new_leader = poll(
+    let new_leader = wait_until_or(
         "a standby to take the Lease",
         Duration::from_secs(90),
         || {
@@ -667,7 +643,7 @@ fn the_standby_takes_over_when_the_leader_dies_and_never_acts_beside_it() {
     )
     .parse()
     .unwrap();
-    let first = poll(
+    let first = wait_until_or(
         "the new leader's first reconcile of the new job",
         Duration::from_secs(90),
         || {

@@ -69,18 +69,31 @@ pub fn stderr(out: &Output) -> String {
 }
 
 /// Polls `check` until it returns Some or the deadline passes.
-pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
+    wait_until_or(what, timeout, check, String::new)
+}
+
+/// `wait_until`, with `state()` in the failure message: what the test saw
+/// last, so a timeout says why.
+pub fn wait_until_or<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    state: impl Fn() -> String,
+) -> T {
     let deadline = Instant::now() + timeout;
     let mut delay = Duration::from_millis(50);
     loop {
         if let Some(v) = check() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(delay);
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                state()
+            );
+        }
+        std::thread::sleep(delay.min(deadline.saturating_duration_since(Instant::now())));
         delay = (delay * 2).min(Duration::from_millis(500));
     }
 }
@@ -341,17 +354,17 @@ impl PodWatch {
 
     /// Waits for the report, failing with the pod's last seen status.
     pub fn wait_report(&self, pod: &str, timeout: Duration) -> serde_json::Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(r) = self.report(pod) {
-                return r;
-            }
-            if Instant::now() >= deadline {
-                let last = self.last(pod).map(|p| p["status"].to_string());
-                panic!("no report from {pod} after {timeout:?}; its last status: {last:?}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until_or(
+            &format!("the report of {pod}"),
+            timeout,
+            || self.report(pod),
+            || {
+                format!(
+                    "its last status: {:?}",
+                    self.last(pod).map(|p| p["status"].to_string())
+                )
+            },
+        )
     }
 
     /// Names of every pod seen, in order of first appearance.

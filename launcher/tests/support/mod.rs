@@ -203,8 +203,9 @@ impl Running {
             }
             if let Ok(Some(st)) = self.child.try_wait() {
                 if !cond(self) {
-                    // Let the reader threads drain before reporting.
-                    std::thread::sleep(Duration::from_millis(50));
+                    // The output may still be in the pipes: let the readers
+                    // reach EOF before concluding it never came.
+                    self.wait_for_readers();
                     if !cond(self) {
                         panic!(
                             "launcher exited ({st}) before {what}\n--- stdout\n{}\n--- stderr\n{}",
@@ -215,6 +216,18 @@ impl Running {
                 }
                 return;
             }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// The pipes close when the last writer exits; waits for the reader
+    /// threads to see EOF (each holds a reference to its buffer until then)
+    /// rather than guessing how long that takes.
+    fn wait_for_readers(&self) {
+        let t0 = Instant::now();
+        while Arc::strong_count(&self.out) + Arc::strong_count(&self.err) > 2
+            && t0.elapsed() < Duration::from_secs(5)
+        {
             std::thread::sleep(POLL);
         }
     }
@@ -257,14 +270,7 @@ impl Running {
             }
             std::thread::sleep(POLL);
         };
-        // The pipes close when the last writer exits; wait for the readers to
-        // see EOF rather than guessing how long that takes.
-        let t0 = Instant::now();
-        while Arc::strong_count(&self.out) + Arc::strong_count(&self.err) > 2
-            && t0.elapsed() < Duration::from_secs(5)
-        {
-            std::thread::sleep(POLL);
-        }
+        self.wait_for_readers();
         Finished {
             status,
             stdout: self.stdout(),
