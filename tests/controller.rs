@@ -160,9 +160,7 @@ fn deleting_the_job_leaves_no_pod_or_service_behind() {
         "0.05",
     ];
     apply(&ns.name, &job("long", "shared", &cmd, "  replicas: 2\n"));
-    wait_until("both ranks running", Duration::from_secs(120), || {
-        (jsonpath(&ns.name, "tj/long", "{.status.phase}") == "Running").then_some(())
-    });
+    wait_running(&ns.name, "long");
     kubectl_ok(&["delete", "tj", "long", "-n", &ns.name]);
     wait_until(
         "the garbage collector to remove pods and Service",
@@ -198,9 +196,7 @@ fn restarting_the_operator_mid_job_creates_no_duplicate_and_loses_no_count() {
         "0.05",
     ];
     apply(&ns.name, &job("steady", "ckpt", &cmd, ""));
-    wait_until("the job to run", Duration::from_secs(120), || {
-        (jsonpath(&ns.name, "tj/steady", "{.status.phase}") == "Running").then_some(())
-    });
+    wait_running(&ns.name, "steady");
     op.kill();
     let _op = Operator::start(&ns.name);
     wait_condition(&ns.name, "tj/steady", "Succeeded", Duration::from_secs(240));
@@ -276,9 +272,7 @@ fn deleting_the_namespace_of_a_running_job_completes() {
         "0.05",
     ];
     apply(&ns.name, &job("doomed", "ckpt", &cmd, ""));
-    wait_until("the job to run", Duration::from_secs(120), || {
-        (jsonpath(&ns.name, "tj/doomed", "{.status.phase}") == "Running").then_some(())
-    });
+    wait_running(&ns.name, "doomed");
     // The namespace controller deletes the pods (a disruption the operator
     // sees) while the job goes too: the operator must neither try to start
     // the next attempt forever nor keep its finalizer on the finished pods.

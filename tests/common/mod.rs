@@ -450,3 +450,14 @@ pub fn pod_names(ns: &str, job: &str) -> Vec<String> {
     names.sort();
     names
 }
+
+/// Waits until every rank of `job` runs (phase Running).
+pub fn wait_running(ns: &str, job: &str) {
+    let object = format!("tj/{job}");
+    wait_until_or(
+        &format!("{job} to run"),
+        Duration::from_secs(120),
+        || (jsonpath(ns, &object, "{.status.phase}") == "Running").then_some(()),
+        || format!("its status: {}", jsonpath(ns, &object, "{.status}")),
+    )
+}
