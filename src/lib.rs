@@ -15,4 +15,6 @@ pub mod metrics;
 pub mod observe;
 pub mod pods;
 pub mod quantity;
+pub mod shell;
 pub mod shm;
+pub mod uninstall;

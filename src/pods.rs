@@ -4,6 +4,7 @@
 
 use crate::api::{SpotProvider, TrainingJob, TRAINER_CONTAINER};
 use crate::quantity;
+use crate::shell::shell_form;
 use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaimVolumeSource, Pod, PodSpec,
     Service, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
@@ -93,37 +94,6 @@ pub fn trainer_index(containers: &[Container]) -> Result<usize, BuildError> {
             .position(|c| c.name == TRAINER_CONTAINER)
             .ok_or(BuildError::NoTrainer(n)),
     }
-}
-
-/// A command the launcher could not deliver signals through. The CRD refuses
-/// these too; this check covers objects stored before that rule existed.
-pub fn shell_form(command: &[String], args: &[String]) -> Option<String> {
-    let shell = command.first()?;
-    let base = shell.rsplit('/').next().unwrap_or(shell);
-    if !matches!(
-        base,
-        "sh" | "bash" | "dash" | "ash" | "zsh" | "ksh" | "mksh"
-    ) {
-        return None;
-    }
-    let is_dash_c = |a: &String| {
-        a.len() > 1
-            && a.starts_with('-')
-            && !a.starts_with("--")
-            && a[1..].chars().all(|c| c.is_ascii_alphabetic())
-            && a.contains('c')
-    };
-    (command.iter().skip(1).any(is_dash_c)
-        || (command.len() == 1 && args.first().is_some_and(is_dash_c)))
-    .then(|| {
-        command
-            .iter()
-            .chain(args)
-            .take(3)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(" ")
-    })
 }
 
 pub fn owner_reference(job: &TrainingJob) -> OwnerReference {

@@ -359,14 +359,3 @@ fn what_cannot_run_is_an_error_that_says_what_to_change() {
         Err(BuildError::VolumeNameTaken("tj-shm".into()))
     );
 }
-
-#[test]
-fn shell_form_detection() {
-    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    assert!(shell_form(&v(&["sh", "-c", "x"]), &[]).is_some());
-    assert!(shell_form(&v(&["/bin/bash", "-lc", "x"]), &[]).is_some());
-    assert!(shell_form(&v(&["bash"]), &v(&["-c", "x"])).is_some());
-    assert!(shell_form(&v(&["bash", "script.sh"]), &[]).is_none());
-    assert!(shell_form(&v(&["python3", "-c", "print(1)"]), &[]).is_none());
-    assert!(shell_form(&v(&["bash", "--norc", "run.sh"]), &[]).is_none());
-}
