@@ -5,7 +5,6 @@
 
 use crate::binaries;
 use crate::daemon;
-use crate::node::{NODE_IP, NODE_NAME};
 use crate::util::{output, run, step, succeeds, wait_for, write, Paths};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
@@ -15,9 +14,16 @@ use std::time::{Duration, Instant};
 pub const API_SERVER: &str = "https://127.0.0.1:6443";
 const ETCD_CLIENT: &str = "http://127.0.0.1:2379";
 const SERVICE_CIDR: &str = "10.96.0.0/16";
-/// The pods' addresses (node::POD_SUBNET): kube-proxy tells pod traffic
-/// from outside traffic by it.
-const CLUSTER_CIDR: &str = "10.85.0.0/16";
+/// The one real node's name; tests select it by this name.
+pub const NODE_NAME: &str = "tjo-node";
+/// The pods' addresses: the node's CNI hands them out, and kube-proxy tells
+/// pod traffic from outside traffic by them.
+pub const POD_SUBNET: &str = "10.85.0.0/16";
+/// The node's InternalIP: the pod bridge's gateway address, which the node
+/// puts on the bridge before the kubelet starts. The kubelet refuses a
+/// loopback node IP, and an address on a bridge of our own is there on any
+/// machine, online or not, whatever its network looks like.
+pub const NODE_IP: &str = "10.85.0.1";
 /// What pods are told the API server is (the `kubernetes` Service's
 /// endpoint): the node's address on the pod bridge. The bridge comes up
 /// with the node, after the API server, so the server binds every address
@@ -411,7 +417,7 @@ fn start_kube_proxy(paths: &Paths, k8s: &Path) -> Result<()> {
         format!(
             "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
              clientConnection:\n  kubeconfig: {kubeconfig}\n\
-             mode: iptables\nclusterCIDR: {CLUSTER_CIDR}\nhostnameOverride: {NODE_NAME}\n\
+             mode: iptables\nclusterCIDR: {POD_SUBNET}\nhostnameOverride: {NODE_NAME}\n\
              bindAddress: {ADVERTISE_ADDRESS}\n\
              healthzBindAddress: 127.0.0.1:10256\nmetricsBindAddress: 127.0.0.1:10249\n\
              conntrack:\n  maxPerCore: 0\n  tcpEstablishedTimeout: 0s\n  tcpCloseWaitTimeout: 0s\n\

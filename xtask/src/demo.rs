@@ -59,13 +59,13 @@ pub fn run_demo(paths: &Paths) -> Result<()> {
 
     step(format!(
         "preempting: kubectl drain {} (the cloud taking the node away)",
-        crate::node::NODE_NAME
+        controlplane::NODE_NAME
     ));
     let drained = Instant::now();
     let drain = kubectl(paths)?
         .args([
             "drain",
-            crate::node::NODE_NAME,
+            controlplane::NODE_NAME,
             "--pod-selector=trainingjob.dev/job=quickstart",
         ])
         .args([
@@ -76,9 +76,9 @@ pub fn run_demo(paths: &Paths) -> Result<()> {
         .status()?;
     step(format!(
         "new capacity: kubectl uncordon {}",
-        crate::node::NODE_NAME
+        controlplane::NODE_NAME
     ));
-    run(kubectl(paths)?.args(["uncordon", crate::node::NODE_NAME]))?;
+    run(kubectl(paths)?.args(["uncordon", controlplane::NODE_NAME]))?;
     if !drain.success() {
         bail!("kubectl drain failed");
     }

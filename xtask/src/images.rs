@@ -8,7 +8,7 @@
 //! `ctr images ls`; the OCI archive is kept in the cache, so a node whose
 //! containerd store was wiped re-imports without rebuilding.
 
-use crate::node;
+use crate::containerd::{containerd_ready, ctr};
 use crate::util::{apt_install, have, output, run, step, succeeds, write, Paths};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -38,7 +38,7 @@ const DEBIAN_PACKAGES: &[&str] = &["python3", "python-is-python3"];
 /// `cargo xtask images`: every image the tests and the demo run.
 pub fn build_and_import(paths: &Paths) -> Result<()> {
     let started = Instant::now();
-    if !node::containerd_ready() {
+    if !containerd_ready() {
         bail!("the node's containerd is not running: run `cargo xtask cluster up` first");
     }
     ensure_pause(paths)?;
@@ -175,12 +175,12 @@ pub fn build_image(paths: &Paths, containerfile: &Path, context: &Path, tag: &st
         std::fs::rename(&partial, &archive)?;
     }
     step(format!("importing {tag} into containerd"));
-    run(node::ctr()
+    run(ctr()
         .args(["images", "import"])
         .arg(&archive)
         .stdout(Stdio::null()))
     .with_context(|| format!("importing {}", archive.display()))?;
-    run(node::ctr()
+    run(ctr()
         .args(["images", "label", tag, &format!("{INPUTS_LABEL}={key}")])
         .stdout(Stdio::null()))?;
     step(format!(
@@ -240,7 +240,7 @@ fn prune_archives(dir: &Path, tag: &str) {
 /// The hash of the inputs the imported image `tag` was built from: it changes
 /// exactly when the image does, so a pod annotated with it rolls then.
 pub fn imported_key(tag: &str) -> Option<String> {
-    let list = output(node::ctr().args(["images", "ls", &format!("name=={tag}")])).ok()?;
+    let list = output(ctr().args(["images", "ls", &format!("name=={tag}")])).ok()?;
     let prefix = format!("{INPUTS_LABEL}=");
     list.lines()
         .skip(1)

@@ -2,6 +2,7 @@
 
 mod bench;
 mod binaries;
+mod containerd;
 mod controlplane;
 mod daemon;
 mod demo;

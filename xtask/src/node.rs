@@ -7,7 +7,8 @@
 //! neither needs nor disturbs a containerd or kubelet the machine may have.
 //! Config files are generated into `.cluster/node/` for inspection.
 
-use crate::controlplane;
+use crate::containerd::{containerd_ready, ctr, CONTAINERD_SOCKET};
+use crate::controlplane::{self, NODE_IP, NODE_NAME, POD_SUBNET};
 use crate::daemon;
 use crate::images;
 use crate::util::{apt_install, output, run, step, succeeds, wait_for, write, Paths};
@@ -16,8 +17,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The node's name; tests select it by this name.
-pub const NODE_NAME: &str = "tjo-node";
 /// Advertised as the extended resource `nvidia.com/gpu`, so GPU pods schedule.
 pub const GPUS: u32 = 8;
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
@@ -26,17 +25,10 @@ const KUBELET_ROOT: &str = "/var/lib/tjo-kubelet";
 const POD_LOGS: &str = "/var/log/tjo-pods";
 const CONTAINERD_ROOT: &str = "/var/lib/tjo-containerd";
 const CONTAINERD_STATE: &str = "/run/tjo-containerd";
-pub const CONTAINERD_SOCKET: &str = "/run/tjo-containerd/containerd.sock";
 /// Debian's containernetworking-plugins install here, not in /opt/cni/bin.
 const CNI_BIN: &str = "/usr/lib/cni";
 const CNI_IPAM: &str = "/run/tjo-cni/ipam";
 const BRIDGE: &str = "tjo0";
-const POD_SUBNET: &str = "10.85.0.0/16";
-/// The node's InternalIP: the pod bridge's gateway address, which `up`
-/// puts on the bridge before the kubelet starts. The kubelet refuses a
-/// loopback node IP, and an address on a bridge of our own is there on any
-/// machine, online or not, whatever its network looks like.
-pub const NODE_IP: &str = "10.85.0.1";
 const NODE_IP_PREFIX: u8 = 16;
 
 /// What the node needs from Debian. iptables: the bridge and portmap
@@ -51,18 +43,6 @@ const PACKAGES: &[&str] = &[
 
 fn node_dir(paths: &Paths) -> PathBuf {
     paths.state.join("node")
-}
-
-/// `ctr` against the node's containerd, in the namespace the kubelet uses.
-pub fn ctr() -> Command {
-    let mut cmd = Command::new("ctr");
-    cmd.args(["--address", CONTAINERD_SOCKET, "--namespace", "k8s.io"])
-        .stdin(Stdio::null());
-    cmd
-}
-
-pub fn containerd_ready() -> bool {
-    Path::new(CONTAINERD_SOCKET).exists() && succeeds(ctr().arg("version"))
 }
 
 pub fn up(paths: &Paths) -> Result<()> {
