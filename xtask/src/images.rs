@@ -419,46 +419,78 @@ fn debian_rootfs(paths: &Paths) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The Debian mirror apt is configured with (deb822 `.sources` or the
-/// classic `sources.list`), so debootstrap fetches from the same place.
+/// Names the Debian mirror when apt's configuration does not.
+const MIRROR_ENV: &str = "TJO_DEBIAN_MIRROR";
+
+/// The Debian mirror to debootstrap from: `TJO_DEBIAN_MIRROR`, else the one
+/// apt is configured with for `DEBIAN_SUITE`, read as apt reads it
+/// (`sources.list`, then `sources.list.d/*.list` and `*.sources` in name
+/// order), so the rootfs comes from wherever this machine's packages do.
 fn debian_mirror() -> Result<String> {
-    let mut texts = Vec::new();
-    if let Ok(t) = std::fs::read_to_string("/etc/apt/sources.list") {
-        texts.push(t);
+    if let Some(m) = std::env::var(MIRROR_ENV)
+        .ok()
+        .filter(|m| !m.trim().is_empty())
+    {
+        return Ok(m.trim().to_string());
     }
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        let mut files: Vec<_> = dir.flatten().map(|e| e.path()).collect();
-        files.sort();
-        for f in files {
-            if let Ok(t) = std::fs::read_to_string(&f) {
-                texts.push(t);
-            }
-        }
+        let mut more: Vec<_> = dir.flatten().map(|e| e.path()).collect();
+        more.sort();
+        files.extend(more);
     }
-    for text in &texts {
-        if let Some(m) = mirror_in(text) {
+    for f in &files {
+        let Ok(text) = std::fs::read_to_string(f) else {
+            continue;
+        };
+        let name = f.to_string_lossy();
+        let found = if name.ends_with(".sources") {
+            mirror_in_deb822(&text)
+        } else if name.ends_with(".list") {
+            mirror_in_one_line(&text)
+        } else {
+            // apt ignores any other name (`.disabled`, `.save`, ...).
+            None
+        };
+        if let Some(m) = found {
             return Ok(m);
         }
     }
-    Ok("http://deb.debian.org/debian".into())
+    bail!(
+        "apt has no source for Debian {DEBIAN_SUITE} in /etc/apt/sources.list or \
+         /etc/apt/sources.list.d/ (*.list, *.sources), so there is no mirror to \
+         debootstrap the trainer image from: set {MIRROR_ENV} to a Debian mirror's URL \
+         (the folder that holds dists/{DEBIAN_SUITE})"
+    )
 }
 
-/// The first URI serving `DEBIAN_SUITE` itself (not -security or -updates).
-fn mirror_in(text: &str) -> Option<String> {
-    // deb822: stanzas separated by blank lines with URIs: and Suites: fields.
+/// The first URI of an enabled deb822 stanza serving `DEBIAN_SUITE` itself
+/// (not -security or -updates).
+fn mirror_in_deb822(text: &str) -> Option<String> {
     for stanza in text.split("\n\n") {
         let field = |name: &str| {
-            stanza
-                .lines()
-                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+            stanza.lines().find_map(|l| {
+                let (key, value) = l.split_once(':')?;
+                key.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| value.trim().to_string())
+            })
         };
-        if let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:")) {
+        let enabled = field("Enabled").is_none_or(|v| v != "no");
+        let debs = field("Types").is_some_and(|t| t.split_whitespace().any(|t| t == "deb"));
+        if let (true, true, Some(uris), Some(suites)) =
+            (enabled, debs, field("URIs"), field("Suites"))
+        {
             if suites.split_whitespace().any(|s| s == DEBIAN_SUITE) {
                 return uris.split_whitespace().next().map(str::to_string);
             }
         }
     }
-    // One-line format: `deb [options] URI suite components...`.
+    None
+}
+
+/// The one-line format: `deb [options] URI suite components...`.
+fn mirror_in_one_line(text: &str) -> Option<String> {
     text.lines().find_map(|l| {
         let l = match (l.find('['), l.find(']')) {
             (Some(a), Some(b)) if a < b => format!("{} {}", &l[..a], &l[b + 1..]),
@@ -488,16 +520,25 @@ mod tests {
     #[test]
     fn the_mirror_is_read_from_either_sources_format() {
         let deb822 = "Types: deb\nURIs: http://security.example/debian-security\nSuites: bookworm-security\n\n\
-                      Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n";
+                      Types: deb-src\nURIs: http://src.example/debian\nSuites: bookworm\n\n\
+                      Types: deb\nEnabled: no\nURIs: http://off.example/debian\nSuites: bookworm\n\n\
+                      Types: deb\n# a comment\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n";
         assert_eq!(
-            mirror_in(deb822).as_deref(),
+            mirror_in_deb822(deb822).as_deref(),
             Some("http://mirror.example/debian")
         );
         let classic = "deb [arch=amd64 signed-by=/k.gpg] http://m.example/debian bookworm main\n";
         assert_eq!(
-            mirror_in(classic).as_deref(),
+            mirror_in_one_line(classic).as_deref(),
             Some("http://m.example/debian")
         );
-        assert_eq!(mirror_in("deb http://x bookworm-security main\n"), None);
+        assert_eq!(
+            mirror_in_one_line("deb http://x bookworm-security main\n"),
+            None
+        );
+        assert_eq!(
+            mirror_in_deb822("Types: deb\nURIs: http://x\nSuites: nodistro\n"),
+            None
+        );
     }
 }
