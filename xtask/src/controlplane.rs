@@ -213,18 +213,43 @@ pub fn kubectl_apply(paths: &Paths, namespace: Option<&str>, manifest: &str) -> 
 
 /// A jsonpath of an object in `namespace`, or "" when it is not there (yet).
 pub fn jsonpath(paths: &Paths, namespace: &str, object: &str, path: &str) -> String {
+    get_jsonpath(paths, Some(namespace), object, path)
+}
+
+/// `jsonpath` for an object in a namespace, or a cluster-scoped one.
+fn get_jsonpath(paths: &Paths, namespace: Option<&str>, object: &str, path: &str) -> String {
     kubectl(paths)
         .and_then(|mut k| {
-            output(k.args([
-                "get",
-                "-n",
-                namespace,
-                object,
-                "-o",
-                &format!("jsonpath={path}"),
-            ]))
+            if let Some(ns) = namespace {
+                k.args(["-n", ns]);
+            }
+            output(k.args(["get", object, "-o", &format!("jsonpath={path}")]))
         })
         .unwrap_or_default()
+}
+
+/// Waits until `object` has condition `condition` True. Not `kubectl wait
+/// --for=condition`: that fails at once, instead of waiting, when its first
+/// read finds no conditions yet (a CRD just applied, a job just created).
+/// On timeout the error carries the object's conditions as they were then.
+pub fn wait_condition(
+    paths: &Paths,
+    namespace: Option<&str>,
+    object: &str,
+    condition: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let status = format!(r#"{{.status.conditions[?(@.type=="{condition}")].status}}"#);
+    wait_for(&format!("{object} to be {condition}"), timeout, || {
+        get_jsonpath(paths, namespace, object, &status) == "True"
+    })
+    .map_err(|e| {
+        let now = get_jsonpath(paths, namespace, object, "{.status}");
+        anyhow::anyhow!(
+            "{e}; its status then: {}",
+            if now.is_empty() { "(none yet)" } else { &now }
+        )
+    })
 }
 
 pub fn api_ready(paths: &Paths) -> bool {

@@ -89,22 +89,19 @@ pub fn run_demo(paths: &Paths) -> Result<()> {
     let resumed_after = drained.elapsed();
 
     step("waiting for the job to succeed");
-    let waited = kubectl(paths)?
-        .args([
-            "wait",
-            "-n",
-            NAMESPACE,
-            "tj/quickstart",
-            "--for=condition=Succeeded",
-            "--timeout=300s",
-        ])
-        .status()?;
+    let waited = controlplane::wait_condition(
+        paths,
+        Some(NAMESPACE),
+        "tj/quickstart",
+        "Succeeded",
+        Duration::from_secs(300),
+    );
     run(kubectl(paths)?.args(["get", "tj", "-n", NAMESPACE]))?;
-    if !waited.success() {
+    if let Err(e) = waited {
         let _ = run(kubectl(paths)?.args(["describe", "tj", "-n", NAMESPACE, "quickstart"]));
         bail!(
-            "the quickstart job did not succeed; the operator's log is {}",
-            daemon::log_file(paths, OPERATOR).display()
+            "the quickstart job did not succeed ({e}); the operator's log: \
+             kubectl -n trainingjob-system logs deploy/{OPERATOR}"
         );
     }
     let logs = output(kubectl(paths)?.args([

@@ -4,7 +4,7 @@ use crate::controlplane;
 use crate::util::{run, step, Paths};
 use anyhow::{Context, Result};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub fn run_all(paths: &Paths) -> Result<()> {
     let started = Instant::now();
@@ -72,12 +72,13 @@ pub fn install_crd(paths: &Paths) -> Result<()> {
             "-f",
         ])
         .arg(paths.root.join("crds")))?;
-    run(controlplane::kubectl(paths)?.args([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
+    controlplane::wait_condition(
+        paths,
+        None,
         "crd/trainingjobs.trainingjob.dev",
-    ]))
+        "Established",
+        Duration::from_secs(60),
+    )
 }
 
 /// Rewrites crds/ from the Rust types.
