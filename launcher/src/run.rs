@@ -451,19 +451,32 @@ fn probe(dir: &Path, bytes: u64) -> io::Result<Probe> {
 }
 
 fn forward_signal(sv: &mut Supervisor, child: i32, sig: i32) {
+    // The deadline goes out before the signal: a trainer that reads it in its
+    // handler must find it, and a few microseconds of the grace period are a
+    // cheaper price than a trainer that falls back to a guess.
+    let first_stop = sys::is_stop_signal(sig) && sv.report.signal.is_none();
+    if first_stop {
+        record_stop(sv, sig);
+    }
     let targets = forward::targets(child);
     for &p in &targets {
         // ESRCH: it exited meanwhile; its SIGCHLD is on the way.
         let _ = sys::kill(p, sig);
     }
-    // Bookkeeping only after the signal is on its way.
     if !sys::is_stop_signal(sig) {
         return;
     }
     log!("{} -> pid {:?}", sys::signal_name(sig), targets);
-    if sv.report.signal.is_some() {
-        return;
+    if first_stop {
+        // The step the trainer was on when told to stop, in case nothing
+        // later is read (a SIGKILL before the next refresh).
+        sv.refresh_progress(true);
+        sv.publish();
     }
+}
+
+/// Notes the first stop signal and writes the deadline file for it.
+fn record_stop(sv: &mut Supervisor, sig: i32) {
     let now_ms = sys::now_unix_ms();
     sv.signal_at = Some(Instant::now());
     sv.report.signal = Some(SignalInfo {
@@ -482,10 +495,6 @@ fn forward_signal(sv: &mut Supervisor, child: i32, sig: i32) {
     if let Err(e) = r {
         log!("cannot write {}: {e}", sv.deadline_file.display());
     }
-    // The step the trainer was on when told to stop, in case nothing later
-    // is read (a SIGKILL before the next refresh).
-    sv.refresh_progress(true);
-    sv.publish();
 }
 
 fn finish(sv: &mut Supervisor, exit: Exit) -> i32 {
