@@ -7,10 +7,11 @@
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("{0:?} is not a quantity such as 512Mi, 16Gi or 1G")]
+#[error("{0:?} is not a whole number of bytes such as 512Mi, 16Gi or 1G (no milli `m` suffix, at most 8Ei)")]
 pub struct BadQuantity(pub String);
 
-/// The quantity in bytes, rounded up to a whole byte.
+/// The quantity in bytes. A fraction of a byte (`512m` is 0.512 bytes, a
+/// common slip for 512M) is refused, not rounded into a one-byte /dev/shm.
 pub fn bytes(q: &str) -> Result<u64, BadQuantity> {
     let bad = || BadQuantity(q.to_string());
     let s = q.trim();
@@ -41,10 +42,10 @@ pub fn bytes(q: &str) -> Result<u64, BadQuantity> {
         _ => return Err(bad()),
     };
     let total = value * multiplier;
-    if !total.is_finite() || total < 0.0 {
+    if !total.is_finite() || total < 0.0 || total.fract() != 0.0 || total > i64::MAX as f64 {
         return Err(bad());
     }
-    Ok(total.ceil().min(u64::MAX as f64) as u64)
+    Ok(total as u64)
 }
 
 /// A byte count as the largest binary unit that divides it (`16Gi`), or
@@ -75,7 +76,7 @@ mod tests {
         assert_eq!(bytes("1.5Gi"), Ok(3 << 29));
         assert_eq!(bytes("1e3"), Ok(1000));
         assert_eq!(bytes("100"), Ok(100));
-        assert_eq!(bytes("1500m"), Ok(2));
+        assert_eq!(bytes("2000m"), Ok(2));
     }
 
     #[test]
@@ -84,6 +85,11 @@ mod tests {
         assert!(bytes("lots").is_err());
         assert!(bytes("").is_err());
         assert!(bytes("-1Gi").is_err());
+        // Milli-bytes: 0.512 bytes is a slip for 512M, never a /dev/shm size.
+        assert!(bytes("512m").is_err());
+        assert!(bytes("1500m").is_err());
+        assert!(bytes("1e400").is_err());
+        assert!(bytes("100Ei").is_err());
     }
 
     #[test]
