@@ -11,7 +11,7 @@ pub const SAFETY_FACTOR: f64 = 1.5;
 /// Finishing the current step and the launcher's own exit path.
 pub const OVERHEAD_SECONDS: f64 = 3.0;
 /// A raw fsync'd write probe ran 2.5x faster than a real `torch.save` of a
-/// GPU-resident state on the same volume (1.66 vs 0.66 GB/s, DESIGN.md), so a
+/// GPU-resident state on the same volume (1.66 vs 0.66 GB/s measured on an H100 node), so a
 /// probe figure is discounted by this much before use.
 pub const PROBE_DISCOUNT: f64 = 2.5;
 /// Write throughput assumed for a size hint when nothing was measured: a
@@ -168,7 +168,7 @@ mod tests {
 
     #[test]
     fn a_save_longer_than_the_notice_says_by_how_much() {
-        // DESIGN.md's H100 figure: a 14 GB torch.save took 21.1 s.
+        // A measured H100 figure: a 14 GB torch.save took 21.1 s.
         let e = SaveEvidence {
             measured_p95_seconds: Some(21.1),
             ..Default::default()

@@ -9,19 +9,22 @@
 //! ```
 //!
 //! `decide` is pure: from the job, its status and the pods it sees, it says
-//! what status to write and what to do. Status is written before acting, and
-//! every action is idempotent, so a controller killed at any point picks up
-//! where it was without duplicating a pod or a count.
+//! what status to write and hands over everything to do, the next attempt's
+//! pods and Service already built. The controller creates pods before it
+//! writes the status that counts them, and every action is idempotent, so a
+//! controller killed at any point picks up where it was (see `catch_up`)
+//! without duplicating a pod or a count.
 
-use crate::api::{
-    CheckpointStatus, Interruption, InterruptionKind, Phase, SaveStatus, TrainingJob,
-    TrainingJobStatus, MAX_INTERRUPTIONS,
-};
-use crate::conditions::{self, FAILED, GRACE_EXCEEDS_NOTICE, READY, SPEC_PROBLEM, SUCCEEDED};
+use crate::api::{Interruption, InterruptionKind, Phase, TrainingJob, TrainingJobStatus};
+use crate::conditions::{ConditionType, Conditions};
 use crate::defaults::Defaults;
 use crate::grace::{self, SaveEvidence};
 use crate::observe::{Outcome, PodView};
-use crate::quantity;
+use crate::pods::{self, AttemptPlan};
+use crate::transition::{FailReason, Transition};
+use crate::validate::{self, SpecProblem};
+use crate::{quantity, reports};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use std::collections::BTreeMap;
@@ -30,34 +33,65 @@ use std::time::Duration;
 /// First retry delay after an application failure; doubles per failure.
 pub const BACKOFF_BASE_SECONDS: i64 = 10;
 pub const BACKOFF_MAX_SECONDS: i64 = 300;
+/// How long a job whose spec cannot run waits before looking again, at
+/// first; a spec change wakes it at once.
+pub const SPEC_RETRY_MIN_SECONDS: u64 = 10;
+/// Interruptions kept in status.
+pub const MAX_INTERRUPTIONS: usize = crate::api::MAX_INTERRUPTIONS;
 
-/// What a reconcile should do.
+/// The objects of one attempt, built and ready to create.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attempt {
+    pub number: i32,
+    /// Rank 0 first.
+    pub pods: Vec<Pod>,
+    pub service: Option<Service>,
+}
+
+/// What a reconcile should do: the whole plan, computed once.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Decision {
     pub status: TrainingJobStatus,
-    /// Create (or finish creating) the pods of this attempt.
-    pub create_attempt: Option<i32>,
+    /// Create (or finish creating) these objects, before writing status.
+    pub create: Option<Attempt>,
     /// Delete these live pods gracefully.
     pub delete: Vec<String>,
-    /// Events for the transitions made: (warning?, reason, note).
-    pub events: Vec<(bool, String, String)>,
+    /// Release the report finalizer of these pods, once status is written.
+    pub release: Vec<String>,
+    pub transitions: Vec<Transition>,
     pub requeue_after: Option<Duration>,
+}
+
+impl Decision {
+    pub fn create_attempt(&self) -> Option<i32> {
+        self.create.as_ref().map(|a| a.number)
+    }
 }
 
 pub struct Inputs<'a> {
     pub job: &'a TrainingJob,
     pub pods: &'a [PodView],
-    /// What the schema could not catch and makes the spec unrunnable.
-    pub problems: &'a [String],
+    /// What makes the spec unrunnable (validation, the claim, refusals).
+    pub problems: &'a [SpecProblem],
     pub now: Timestamp,
     /// The operator-wide defaults the spec may leave to it.
     pub defaults: &'a Defaults,
+    /// The image the init container copies the launcher from.
+    pub operator_image: &'a str,
 }
 
 /// How each rank of the current attempt stands.
 #[derive(Debug)]
 struct Gang<'a> {
     ranks: BTreeMap<i32, Option<&'a PodView>>,
+}
+
+/// A rank that ended, and how.
+struct Ended<'a> {
+    rank: i32,
+    pod: Option<&'a PodView>,
+    reason: String,
+    message: String,
 }
 
 impl<'a> Gang<'a> {
@@ -70,339 +104,395 @@ impl<'a> Gang<'a> {
         Self { ranks }
     }
 
-    /// The first disrupted rank; a missing pod was deleted by someone else.
-    fn disrupted(&self, job: &str, attempt: i32) -> Option<(i32, String, String)> {
-        self.ranks.iter().find_map(|(rank, pod)| match pod {
-            None => Some((
-                *rank,
-                "PodDeleted".into(),
-                format!(
-                    "pod {} disappeared",
-                    crate::pods::pod_name(job, attempt, *rank)
-                ),
-            )),
+    /// The first rank the cluster took away; a missing pod was deleted by
+    /// someone else.
+    fn disrupted(&self, job: &str, attempt: i32) -> Option<Ended<'a>> {
+        self.ranks.iter().find_map(|(&rank, pod)| match pod {
+            None => Some(Ended {
+                rank,
+                pod: None,
+                reason: "PodDeleted".into(),
+                message: format!("pod {} disappeared", pods::pod_name(job, attempt, rank)),
+            }),
             Some(p) => match &p.outcome {
-                Some(Outcome::Disrupted { reason, message }) => {
-                    Some((*rank, reason.clone(), message.clone()))
-                }
+                Some(Outcome::Disrupted { reason, message }) => Some(Ended {
+                    rank,
+                    pod: Some(p),
+                    reason: reason.clone(),
+                    message: message.clone(),
+                }),
                 _ => None,
             },
         })
     }
 
-    fn failed(&self) -> Option<(i32, &'a PodView, i32, String)> {
-        self.ranks.iter().find_map(|(rank, pod)| {
+    /// The first rank whose trainer failed on its own. With no disruption in
+    /// the gang, a trainer that says it was stopped failed too: its report
+    /// cannot turn a crash into a preemption.
+    fn failed(&self) -> Option<(Ended<'a>, i32)> {
+        self.ranks.iter().find_map(|(&rank, pod)| {
             let p = (*pod)?;
-            match &p.outcome {
+            let (code, reason, message) = match &p.outcome {
                 Some(Outcome::Failed {
                     exit_code,
                     reason,
                     message,
-                }) => Some((
-                    *rank,
-                    p,
-                    *exit_code,
-                    if message.is_empty() {
-                        reason.clone()
-                    } else {
-                        format!("{reason}: {message}")
-                    },
-                )),
-                _ => None,
-            }
+                }) => (*exit_code, reason.clone(), message.clone()),
+                Some(Outcome::Stopped { reason, message }) => (
+                    p.report.as_ref().and_then(|r| r.exit_code).unwrap_or(0),
+                    reason.clone(),
+                    format!("{message}, but no rank was taken away by the cluster"),
+                ),
+                _ => return None,
+            };
+            let message = if message.is_empty() {
+                reason.clone()
+            } else {
+                format!("{reason}: {message}")
+            };
+            Some((
+                Ended {
+                    rank,
+                    pod: Some(p),
+                    reason,
+                    message,
+                },
+                code,
+            ))
         })
     }
 
     fn all(&self, f: impl Fn(&PodView) -> bool) -> bool {
         self.ranks.values().all(|p| p.is_some_and(&f))
     }
+
+    fn running(&self) -> usize {
+        self.ranks.values().flatten().filter(|p| p.running).count()
+    }
+}
+
+/// Everything a phase function needs beside the decision it writes.
+struct Ctx<'a, 'b> {
+    inp: &'b Inputs<'a>,
+    now: Time,
+    name: String,
+}
+
+impl Ctx<'_, '_> {
+    fn job(&self) -> &TrainingJob {
+        self.inp.job
+    }
+}
+
+impl Decision {
+    fn conditions<'s>(&'s mut self, cx: &'s Ctx) -> Conditions<'s> {
+        Conditions::new(
+            &mut self.status.conditions,
+            &cx.now,
+            cx.job().metadata.generation,
+        )
+    }
+
+    fn transition(&mut self, cx: &Ctx, t: Transition) {
+        t.apply(&mut self.conditions(cx));
+        self.transitions.push(t);
+    }
 }
 
 pub fn decide(inp: &Inputs) -> Decision {
-    let job = inp.job;
-    let name = job.metadata.name.clone().unwrap_or_default();
-    let generation = job.metadata.generation;
-    let now = Time(inp.now);
+    let cx = Ctx {
+        inp,
+        now: Time(inp.now),
+        name: inp.job.metadata.name.clone().unwrap_or_default(),
+    };
     let mut d = Decision {
-        status: job.status.clone().unwrap_or_default(),
+        status: inp.job.status.clone().unwrap_or_default(),
         ..Default::default()
     };
-    let s = &mut d.status;
-    s.observed_generation = generation;
-    record_reports(s, inp.pods);
-    let phase = s.phase.unwrap_or_default();
-
+    d.status.observed_generation = inp.job.metadata.generation;
+    reports::record(&mut d.status, inp.pods);
+    d.release = releasable(inp.pods);
+    report_unreadable(&mut d, inp.pods);
+    let phase = d.status.phase.unwrap_or_default();
     if matches!(phase, Phase::Succeeded | Phase::Failed) {
         // Terminal: only make sure nothing of the job keeps running.
         d.delete = to_stop(inp.pods, inp.now);
         return d;
     }
-
-    // Pods of a newer attempt than status records: a previous run of the
-    // controller was creating them when it stopped. Finish that attempt.
-    if let Some(newest) = inp
-        .pods
-        .iter()
-        .map(|p| p.attempt)
-        .max()
-        .filter(|a| *a > s.attempt)
-    {
-        let phase = if newest == 1 {
-            Phase::Pending
-        } else {
-            Phase::Resuming
-        };
-        start_attempt(&mut d, job, inp, newest, phase);
+    if spec_blocks(&mut d, &cx, phase) || catch_up(&mut d, &cx) {
         return d;
     }
-
-    if !inp.problems.is_empty() {
-        let message = inp.problems.join("; ");
-        conditions::set(
-            &mut s.conditions,
-            SPEC_PROBLEM,
-            true,
-            "SpecCannotRun",
-            &message,
-            &now,
-            generation,
-        );
-        conditions::set(
-            &mut s.conditions,
-            READY,
-            false,
-            "SpecCannotRun",
-            &message,
-            &now,
-            generation,
-        );
-        if s.attempt == 0 || phase == Phase::Stopping {
-            // Nothing runs and nothing will until the spec (or a missing
-            // object such as the claim) changes: look again now and then.
-            if s.phase.is_none() {
-                s.phase = Some(Phase::Pending);
-                d.events.push((true, "SpecCannotRun".into(), message));
-            }
-            d.requeue_after = Some(Duration::from_secs(30));
-            return d;
-        }
-    } else {
-        conditions::clear(&mut s.conditions, SPEC_PROBLEM);
-    }
-
-    if s.attempt == 0 {
-        start_attempt(&mut d, job, inp, 1, Phase::Pending);
+    if d.status.attempt == 0 {
+        start_attempt(&mut d, &cx, 1, Phase::Pending);
         return d;
     }
-
-    let gang = Gang::new(job.spec.replicas, d.status.attempt, inp.pods);
-    let s = &mut d.status;
     match phase {
-        Phase::Pending | Phase::Running | Phase::Resuming => {
-            if let Some((rank, reason, message)) = gang.disrupted(&name, s.attempt) {
-                s.preemptions += 1;
-                push_interruption(
-                    s,
-                    InterruptionKind::Preemption,
-                    rank,
-                    &reason,
-                    &message,
-                    inp.now,
-                );
-                s.phase = Some(Phase::Stopping);
-                let note = format!(
-                    "attempt {} rank {rank} preempted ({reason}): {message}; stopping the gang (preemption {})",
-                    s.attempt, s.preemptions
-                );
-                conditions::set(
-                    &mut s.conditions,
-                    READY,
-                    false,
-                    "Preempted",
-                    &note,
-                    &now,
-                    generation,
-                );
-                d.events.push((true, "Preempted".into(), note));
-                d.delete = to_stop(inp.pods, inp.now);
-            } else if let Some((rank, pod, exit_code, why)) = gang.failed() {
-                s.failures += 1;
-                let note = format!(
-                    "attempt {} rank {rank}: the trainer exited with code {exit_code} without having been signalled \
-                     (failure {} of backoffLimit {}): {why}",
-                    s.attempt, s.failures, job.spec.backoff_limit
-                );
-                push_interruption(
-                    s,
-                    InterruptionKind::Failure,
-                    rank,
-                    &format!("ExitCode{exit_code}"),
-                    &why,
-                    pod.finished_at.unwrap_or(inp.now),
-                );
-                d.delete = to_stop(inp.pods, inp.now);
-                if s.failures > job.spec.backoff_limit {
-                    fail(&mut d, "BackoffLimitExceeded", &note, &now, generation);
-                } else {
-                    s.phase = Some(Phase::Stopping);
-                    conditions::set(
-                        &mut s.conditions,
-                        READY,
-                        false,
-                        "TrainerFailed",
-                        &note,
-                        &now,
-                        generation,
-                    );
-                    d.events.push((true, "TrainerFailed".into(), note));
-                }
-            } else if gang.all(|p| p.outcome == Some(Outcome::Completed)) {
-                s.phase = Some(Phase::Succeeded);
-                let step = s
-                    .last_checkpoint
-                    .as_ref()
-                    .map(|c| format!(" (last checkpoint at step {})", c.step));
-                let note = format!(
-                    "every rank's trainer exited 0 in attempt {}{}",
-                    s.attempt,
-                    step.unwrap_or_default()
-                );
-                conditions::set(
-                    &mut s.conditions,
-                    SUCCEEDED,
-                    true,
-                    "Completed",
-                    &note,
-                    &now,
-                    generation,
-                );
-                conditions::set(
-                    &mut s.conditions,
-                    READY,
-                    false,
-                    "Completed",
-                    &note,
-                    &now,
-                    generation,
-                );
-                d.events.push((false, "Succeeded".into(), note));
-            } else if gang.all(|p| p.running || p.outcome == Some(Outcome::Completed)) {
-                if phase != Phase::Running {
-                    s.phase = Some(Phase::Running);
-                    let note = format!(
-                        "attempt {}: all {} ranks running",
-                        s.attempt,
-                        gang.ranks.len()
-                    );
-                    conditions::set(
-                        &mut s.conditions,
-                        READY,
-                        true,
-                        "Running",
-                        &note,
-                        &now,
-                        generation,
-                    );
-                    d.events.push((false, "Running".into(), note));
-                }
-            } else {
-                let running = gang
-                    .ranks
-                    .values()
-                    .filter(|p| p.is_some_and(|p| p.running))
-                    .count();
-                let note = format!(
-                    "attempt {}: {running} of {} ranks running",
-                    s.attempt,
-                    gang.ranks.len()
-                );
-                conditions::set(
-                    &mut s.conditions,
-                    READY,
-                    false,
-                    "Starting",
-                    &note,
-                    &now,
-                    generation,
-                );
-            }
-        }
-        Phase::Stopping => {
-            // No overlap: the next attempt starts only when no pod of any
-            // earlier one can still run, so two pods of one rank never write
-            // the same checkpoint directory.
-            let still = live_pods(inp.pods);
-            if !still.is_empty() {
-                d.delete = to_stop(inp.pods, inp.now);
-                return d;
-            }
-            let last = s
-                .interruptions
-                .last()
-                .filter(|i| i.attempt == s.attempt)
-                .map(|i| i.kind);
-            if last == Some(InterruptionKind::Preemption)
-                && s.preemptions > job.spec.preemption.max_preemptions
-            {
-                let note = format!(
-                    "{} preemptions exceed maxPreemptions {}",
-                    s.preemptions, job.spec.preemption.max_preemptions
-                );
-                fail(&mut d, "MaxPreemptionsExceeded", &note, &now, generation);
-                return d;
-            }
-            // Backoff runs from when the trainer failed, as status recorded
-            // it: the failed pod itself may be gone by now.
-            let failed_at = s
-                .interruptions
-                .last()
-                .filter(|i| i.attempt == s.attempt && i.kind == InterruptionKind::Failure)
-                .and_then(|i| i.time.as_ref())
-                .map(|t| t.0);
-            if let Some(since) = failed_at {
-                let ready_at = since + SignedDuration::from_secs(backoff_seconds(s.failures));
-                if inp.now < ready_at {
-                    let left = ready_at.duration_since(inp.now).as_secs_f64().max(0.1);
-                    d.requeue_after = Some(Duration::from_secs_f64(left));
-                    return d;
-                }
-            }
-            let next = s.attempt + 1;
-            start_attempt(&mut d, job, inp, next, Phase::Resuming);
-        }
-        Phase::Succeeded | Phase::Failed => unreachable!("handled above"),
+        Phase::Stopping => stopping(&mut d, &cx),
+        _ => active(&mut d, &cx, phase),
     }
     d
 }
 
-fn fail(d: &mut Decision, reason: &str, note: &str, now: &Time, generation: Option<i64>) {
-    let s = &mut d.status;
-    s.phase = Some(Phase::Failed);
-    conditions::set(
-        &mut s.conditions,
-        FAILED,
-        true,
-        reason,
-        note,
-        now,
-        generation,
-    );
-    conditions::set(
-        &mut s.conditions,
-        READY,
-        false,
-        reason,
-        note,
-        now,
-        generation,
-    );
-    d.events.push((true, reason.into(), note.into()));
+/// Pods whose report status now holds: their finalizer may go.
+fn releasable(pods: &[PodView]) -> Vec<String> {
+    pods.iter()
+        .filter(|p| p.releasable)
+        .map(|p| p.name.clone())
+        .collect()
 }
 
-/// Sizes the grace period from what was measured and starts `attempt`.
-fn start_attempt(d: &mut Decision, job: &TrainingJob, inp: &Inputs, attempt: i32, phase: Phase) {
-    let now = Time(inp.now);
-    let generation = job.metadata.generation;
+/// Said once per pod: when its finalizer is released.
+fn report_unreadable(d: &mut Decision, pods: &[PodView]) {
+    for p in pods.iter().filter(|p| d.release.contains(&p.name)) {
+        if let Some(error) = &p.report_error {
+            d.transitions.push(Transition::ReportUnreadable {
+                pod: p.name.clone(),
+                error: error.clone(),
+            });
+        }
+    }
+}
+
+/// A spec that cannot run gets SpecProblem; while no attempt runs, nothing
+/// starts and any half-made gang stops. Returns whether to stop here.
+fn spec_blocks(d: &mut Decision, cx: &Ctx, phase: Phase) -> bool {
+    let problems = cx.inp.problems;
+    if problems.is_empty() {
+        d.conditions(cx).clear(ConditionType::SpecProblem);
+        return false;
+    }
+    let message = validate::describe(problems);
+    let known = crate::conditions::find(&d.status.conditions, ConditionType::SpecProblem)
+        .is_some_and(|c| c.status == "True" && c.message == message);
+    if known {
+        // No second event for the same problem; the conditions stay.
+    } else {
+        d.transition(cx, Transition::SpecCannotRun { message });
+    }
+    let idle = d.status.attempt == 0 || phase == Phase::Stopping;
+    if !idle {
+        return false;
+    }
+    d.status.phase.get_or_insert(Phase::Pending);
+    d.delete = to_stop(cx.inp.pods, cx.inp.now);
+    d.requeue_after = Some(spec_retry(&d.status, cx.inp.now));
+    true
+}
+
+/// Looks again after as long as the problem has lasted (10 s, then about
+/// doubling, at most 5 minutes): a fixed short retry would storm the API
+/// server with refused creates. A spec change wakes the job at once.
+fn spec_retry(s: &TrainingJobStatus, now: Timestamp) -> Duration {
+    let since = crate::conditions::find(&s.conditions, ConditionType::SpecProblem)
+        .map(|c| {
+            now.duration_since(c.last_transition_time.0)
+                .as_secs()
+                .max(0) as u64
+        })
+        .unwrap_or(0);
+    Duration::from_secs(since.clamp(SPEC_RETRY_MIN_SECONDS, BACKOFF_MAX_SECONDS as u64))
+}
+
+/// Pods of a newer attempt than status records: a previous run of the
+/// controller was creating them when it stopped. Finish that attempt.
+fn catch_up(d: &mut Decision, cx: &Ctx) -> bool {
+    let newest = cx.inp.pods.iter().map(|p| p.attempt).max();
+    let Some(newest) = newest.filter(|a| *a > d.status.attempt) else {
+        return false;
+    };
+    let phase = if newest == 1 {
+        Phase::Pending
+    } else {
+        Phase::Resuming
+    };
+    start_attempt(d, cx, newest, phase);
+    true
+}
+
+/// Pending, Running or Resuming: watch the gang.
+fn active(d: &mut Decision, cx: &Ctx, phase: Phase) {
+    let attempt = d.status.attempt;
+    let gang = Gang::new(cx.job().spec.replicas, attempt, cx.inp.pods);
+    if let Some(ended) = gang.disrupted(&cx.name, attempt) {
+        preempted(d, cx, ended);
+    } else if let Some((ended, code)) = gang.failed() {
+        trainer_failed(d, cx, ended, code);
+    } else if gang.all(|p| p.outcome == Some(Outcome::Completed)) {
+        succeeded(d, cx);
+    } else if gang.all(|p| p.running || p.outcome == Some(Outcome::Completed)) {
+        if phase != Phase::Running {
+            d.status.phase = Some(Phase::Running);
+            let ranks = gang.ranks.len();
+            d.transition(cx, Transition::Running { attempt, ranks });
+        }
+    } else {
+        let note = format!(
+            "attempt {attempt}: {} of {} ranks running",
+            gang.running(),
+            gang.ranks.len()
+        );
+        d.conditions(cx)
+            .set(ConditionType::Ready, false, "Starting", &note);
+    }
+}
+
+fn preempted(d: &mut Decision, cx: &Ctx, ended: Ended) {
+    let s = &mut d.status;
+    s.preemptions += 1;
+    push_interruption(s, InterruptionKind::Preemption, &ended, cx.inp.now);
+    s.phase = Some(Phase::Stopping);
+    let t = Transition::Preempted {
+        attempt: s.attempt,
+        rank: ended.rank,
+        cause: ended.reason,
+        message: ended.message,
+        preemptions: s.preemptions,
+    };
+    d.transition(cx, t);
+    d.delete = to_stop(cx.inp.pods, cx.inp.now);
+}
+
+fn trainer_failed(d: &mut Decision, cx: &Ctx, ended: Ended, exit_code: i32) {
+    let s = &mut d.status;
+    s.failures += 1;
+    let note = format!(
+        "attempt {} rank {}: the trainer exited with code {exit_code} without having been taken away \
+         (failure {} of backoffLimit {}): {}",
+        s.attempt,
+        ended.rank,
+        s.failures,
+        cx.job().spec.backoff_limit,
+        ended.message
+    );
+    let at = ended.pod.and_then(|p| p.finished_at).unwrap_or(cx.inp.now);
+    let ended = Ended {
+        reason: format!("ExitCode{exit_code}"),
+        ..ended
+    };
+    push_interruption(s, InterruptionKind::Failure, &ended, at);
+    d.delete = to_stop(cx.inp.pods, cx.inp.now);
+    if s.failures > cx.job().spec.backoff_limit {
+        fail(d, cx, FailReason::BackoffLimitExceeded, note);
+    } else {
+        s.phase = Some(Phase::Stopping);
+        d.transition(cx, Transition::TrainerFailed { note });
+    }
+}
+
+fn succeeded(d: &mut Decision, cx: &Ctx) {
+    let s = &mut d.status;
+    s.phase = Some(Phase::Succeeded);
+    let step = s
+        .last_checkpoint
+        .as_ref()
+        .map(|c| format!(" (last checkpoint at step {})", c.step))
+        .unwrap_or_default();
+    let note = format!(
+        "every rank's trainer exited 0 in attempt {}{step}",
+        s.attempt
+    );
+    d.transition(cx, Transition::Succeeded { note });
+}
+
+/// Stopping: no overlap. The next attempt starts only when no pod of any
+/// earlier one can still run, so two pods of one rank never write the same
+/// checkpoint directory.
+fn stopping(d: &mut Decision, cx: &Ctx) {
+    if cx.inp.pods.iter().any(|p| p.live) {
+        d.delete = to_stop(cx.inp.pods, cx.inp.now);
+        return;
+    }
+    let s = &d.status;
+    let last = s.interruptions.last().filter(|i| i.attempt == s.attempt);
+    let max = cx.job().spec.preemption.max_preemptions;
+    if last.is_some_and(|i| i.kind == InterruptionKind::Preemption) && s.preemptions > max {
+        let note = format!("{} preemptions exceed maxPreemptions {max}", s.preemptions);
+        fail(d, cx, FailReason::MaxPreemptionsExceeded, note);
+        return;
+    }
+    // Backoff runs from when the trainer failed, as status recorded it: the
+    // failed pod itself may be gone by now.
+    let failed_at = last
+        .filter(|i| i.kind == InterruptionKind::Failure)
+        .and_then(|i| i.time.as_ref())
+        .map(|t| t.0);
+    if let Some(since) = failed_at {
+        let ready_at = since + SignedDuration::from_secs(backoff_seconds(s.failures));
+        if cx.inp.now < ready_at {
+            let left = ready_at.duration_since(cx.inp.now).as_secs_f64().max(0.1);
+            d.requeue_after = Some(Duration::from_secs_f64(left));
+            return;
+        }
+    }
+    let next = s.attempt + 1;
+    start_attempt(d, cx, next, Phase::Resuming);
+}
+
+fn fail(d: &mut Decision, cx: &Ctx, reason: FailReason, note: String) {
+    d.status.phase = Some(Phase::Failed);
+    d.transition(cx, Transition::Failed { reason, note });
+}
+
+/// Sizes the grace period from what was measured, builds the attempt's
+/// objects and starts it.
+fn start_attempt(d: &mut Decision, cx: &Ctx, attempt: i32, phase: Phase) {
+    let basis = size_grace(d, cx);
+    let plan = plan(cx, &d.status, attempt);
+    let built = pods::build_pods(cx.job(), &plan).map(|pods| Attempt {
+        number: attempt,
+        pods,
+        service: pods::build_service(cx.job()),
+    });
+    let attempt_objects = match built {
+        Ok(a) => a,
+        // Validation builds rank 0 the same way, so only a rank it did not
+        // build can get here: say so rather than count missing pods later.
+        Err(e) => {
+            let message = validate::describe(&[SpecProblem::Template(e)]);
+            d.transition(cx, Transition::SpecCannotRun { message });
+            d.requeue_after = Some(spec_retry(&d.status, cx.inp.now));
+            return;
+        }
+    };
+    let s = &mut d.status;
+    s.attempt = attempt;
+    s.phase = Some(phase);
+    let resume = s
+        .last_checkpoint
+        .as_ref()
+        .map(|c| format!(", resuming from step {}", c.step))
+        .unwrap_or_default();
+    let note = format!(
+        "attempt {attempt} with a {}s grace period (from {basis}){resume}",
+        plan.grace_seconds
+    );
+    let t = if attempt == 1 {
+        Transition::Started { note }
+    } else {
+        Transition::Resuming { note }
+    };
+    d.transition(cx, t);
+    d.create = Some(attempt_objects);
+}
+
+/// Everything about the attempt that is decided outside the pod builder.
+fn plan(cx: &Ctx, s: &TrainingJobStatus, attempt: i32) -> AttemptPlan {
+    AttemptPlan {
+        attempt,
+        grace_seconds: s
+            .grace_period_seconds
+            .unwrap_or(i64::from(cx.inp.defaults.notice_seconds(cx.job()))),
+        checkpoint_interval_seconds: s.recommended_checkpoint_interval_seconds,
+        shm_bytes: validate::shm_bytes(cx.job()).ok().flatten(),
+        operator_image: cx.inp.operator_image.to_string(),
+        spot: cx.inp.defaults.spot(cx.job()),
+    }
+}
+
+/// Writes the grace period and checkpoint interval into status, with the
+/// GraceExceedsNotice condition; returns what the grace was sized from.
+fn size_grace(d: &mut Decision, cx: &Ctx) -> String {
+    let job = cx.job();
     let s = &mut d.status;
     let evidence = SaveEvidence {
         measured_p95_seconds: s.save.as_ref().and_then(|v| v.p95_seconds),
@@ -423,7 +513,7 @@ fn start_attempt(d: &mut Decision, job: &TrainingJob, inp: &Inputs, attempt: i32
             .as_deref()
             .and_then(|q| quantity::bytes(q).ok()),
     };
-    let notice = i64::from(inp.defaults.notice_seconds(job));
+    let notice = i64::from(cx.inp.defaults.notice_seconds(job));
     let g = grace::grace(
         &evidence,
         notice,
@@ -435,7 +525,7 @@ fn start_attempt(d: &mut Decision, job: &TrainingJob, inp: &Inputs, attempt: i32
             .metadata
             .creation_timestamp
             .as_ref()
-            .map(|t| inp.now.duration_since(t.0).as_secs_f64())
+            .map(|t| cx.inp.now.duration_since(t.0).as_secs_f64())
             .unwrap_or(0.0);
         let mtbf = if s.preemptions > 0 {
             age / f64::from(s.preemptions)
@@ -444,141 +534,45 @@ fn start_attempt(d: &mut Decision, job: &TrainingJob, inp: &Inputs, attempt: i32
         };
         grace::checkpoint_interval_seconds(save, mtbf)
     });
+    let interval = s.recommended_checkpoint_interval_seconds;
     match (g.short_by_seconds, g.needed_seconds) {
         (Some(short), Some(needed)) => {
-            let interval = s
-                .recommended_checkpoint_interval_seconds
+            let interval = interval
                 .map(|i| format!("; checkpoint every {i}s (exported as TJ_CHECKPOINT_INTERVAL_SECONDS) to bound the loss instead"))
                 .unwrap_or_default();
             let note = format!(
                 "a save needs {needed}s by {}, {short}s more than the {notice}s preemption notice{interval}",
                 g.basis
             );
-            conditions::set(
-                &mut s.conditions,
-                GRACE_EXCEEDS_NOTICE,
+            d.conditions(cx).set(
+                ConditionType::GraceExceedsNotice,
                 true,
                 "SaveLongerThanNotice",
                 &note,
-                &now,
-                generation,
             );
         }
-        _ => conditions::clear(&mut s.conditions, GRACE_EXCEEDS_NOTICE),
+        _ => d.conditions(cx).clear(ConditionType::GraceExceedsNotice),
     }
-    s.attempt = attempt;
-    s.phase = Some(phase);
-    let resume = s
-        .last_checkpoint
-        .as_ref()
-        .map(|c| format!(", resuming from step {}", c.step))
-        .unwrap_or_default();
-    let note = format!(
-        "attempt {attempt} with a {}s grace period (from {}){resume}",
-        g.seconds, g.basis
-    );
-    conditions::set(
-        &mut s.conditions,
-        READY,
-        false,
-        "Starting",
-        &note,
-        &now,
-        generation,
-    );
-    d.events.push((
-        false,
-        if attempt == 1 { "Started" } else { "Resuming" }.into(),
-        note,
-    ));
-    d.create_attempt = Some(attempt);
-}
-
-/// Folds what the launchers reported into status: idempotent, so a
-/// reconcile that sees the same pods twice records the same thing.
-fn record_reports(s: &mut TrainingJobStatus, pods: &[PodView]) {
-    let mut by_attempt: Vec<&PodView> = pods.iter().filter(|p| p.report.is_some()).collect();
-    by_attempt.sort_by_key(|p| (p.attempt, p.rank));
-    for p in by_attempt {
-        let r = p.report.as_ref().expect("filtered");
-        if let Some(c) = &r.last_checkpoint {
-            let newer = s
-                .last_checkpoint
-                .as_ref()
-                .is_none_or(|old| (c.step as i64) > old.step);
-            if newer {
-                s.last_checkpoint = Some(CheckpointStatus {
-                    step: c.step.min(i64::MAX as u64) as i64,
-                    path: c.path.clone(),
-                    bytes: Some(c.bytes.min(i64::MAX as u64) as i64),
-                    save_seconds: r.saves.as_ref().and_then(|v| v.last_seconds),
-                    time: Timestamp::from_millisecond(c.at_unix_ms.min(i64::MAX as u64) as i64)
-                        .ok()
-                        .map(Time),
-                });
-            }
-        }
-        let save = s.save.get_or_insert_with(SaveStatus::default);
-        if let Some(v) = r.saves.as_ref().filter(|v| v.count > 0) {
-            save.count = i64::from(v.count);
-            save.p95_seconds = v.p95_seconds.or(v.last_seconds).or(save.p95_seconds);
-            save.bytes_per_second = v
-                .bytes_per_second
-                .map(|b| b as i64)
-                .or(save.bytes_per_second);
-        }
-        if let Some(probe) = &r.probe {
-            save.probe_bytes_per_second = Some(probe.bytes_per_second as i64);
-        }
-        if *save == SaveStatus::default() {
-            s.save = None;
-        }
-        if let Some(last) = r.last_step {
-            let saved = [
-                r.last_checkpoint.as_ref().map(|c| c.step),
-                r.resumed_from.as_ref().map(|c| c.step),
-            ]
-            .into_iter()
-            .flatten()
-            .max()
-            .unwrap_or(0);
-            let lost = last.saturating_sub(saved).min(i64::MAX as u64) as i64;
-            // The slowest rank decides what the gang redoes.
-            if let Some(i) = s
-                .interruptions
-                .iter_mut()
-                .rev()
-                .find(|i| i.attempt == p.attempt)
-            {
-                i.steps_lost = Some(i.steps_lost.map_or(lost, |old| old.max(lost)));
-            }
-        }
-    }
+    g.basis.to_string()
 }
 
 fn push_interruption(
     s: &mut TrainingJobStatus,
     kind: InterruptionKind,
-    rank: i32,
-    reason: &str,
-    message: &str,
+    ended: &Ended,
     time: Timestamp,
 ) {
     s.interruptions.push(Interruption {
         attempt: s.attempt,
         kind,
-        rank,
-        reason: reason.into(),
-        message: crate::observe::tail(message, 300),
+        rank: ended.rank,
+        reason: ended.reason.clone(),
+        message: crate::observe::tail(&ended.message, 300),
         steps_lost: None,
         time: Some(Time(time)),
     });
     let excess = s.interruptions.len().saturating_sub(MAX_INTERRUPTIONS);
     s.interruptions.drain(..excess);
-}
-
-fn live_pods(pods: &[PodView]) -> Vec<&PodView> {
-    pods.iter().filter(|p| p.live).collect()
 }
 
 /// How long a pod whose trainer has exited may keep running (a sidecar)

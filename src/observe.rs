@@ -24,6 +24,11 @@ pub struct PodView {
     pub outcome: Option<Outcome>,
     /// The launcher's report, once the trainer has exited.
     pub report: Option<Report>,
+    /// Why a termination message that should be a report did not parse.
+    pub report_error: Option<String>,
+    /// The pod holds the operator's report finalizer and has nothing more
+    /// to report: once status records it, the finalizer may go.
+    pub releasable: bool,
     pub finished_at: Option<Timestamp>,
 }
 
@@ -32,9 +37,14 @@ pub struct PodView {
 pub enum Outcome {
     /// The trainer exited 0 without having been signalled.
     Completed,
-    /// Taken away: evicted, deleted, preempted, or the trainer exited after a
-    /// signal. Counts against maxPreemptions only.
+    /// Taken away: evicted, deleted, preempted, or stopped by the kubelet.
+    /// The cluster itself shows the cause. Counts against maxPreemptions only.
     Disrupted { reason: String, message: String },
+    /// The trainer says it was stopped (a signal, or `peerStop` from another
+    /// rank) but nothing in the cluster took the pod away. The report is the
+    /// trainer's word, not evidence: this is a preemption only when another
+    /// rank of the same attempt was really disrupted, else a failure.
+    Stopped { reason: String, message: String },
     /// The trainer exited non-zero on its own. Counts against backoffLimit.
     Failed {
         exit_code: i32,
@@ -83,9 +93,13 @@ pub fn view(job: &TrainingJob, pod: &Pod) -> Option<PodView> {
         .and_then(|cs| cs.iter().find(|c| c.name == trainer_name));
     let state = trainer.and_then(|c| c.state.as_ref());
     let terminated = state.and_then(|s| s.terminated.as_ref());
-    let report = terminated
-        .and_then(|t| t.message.as_deref())
-        .and_then(|m| serde_json::from_str::<Report>(m.trim()).ok());
+    let (report, report_error) = match terminated.and_then(|t| t.message.as_deref()) {
+        Some(m) if !m.trim().is_empty() => match serde_json::from_str::<Report>(m.trim()) {
+            Ok(r) => (Some(r), None),
+            Err(e) => (None, Some(e.to_string())),
+        },
+        _ => (None, None),
+    };
 
     let disruption = status
         .conditions
@@ -108,27 +122,29 @@ pub fn view(job: &TrainingJob, pod: &Pod) -> Option<PodView> {
         .clone()
         .filter(|r| KUBELET_DISRUPTIONS.contains(&r.as_str()));
 
+    let evidence = disruption.is_some() || kubelet_reason.is_some() || deleting;
     let outcome = match terminated {
         Some(t) => Some(match &report {
             Some(r) if r.state == State::Completed => Outcome::Completed,
-            Some(r) if r.state == State::Signalled => Outcome::Disrupted {
-                reason: disruption
-                    .as_ref()
-                    .map(|d| d.0.clone())
-                    .unwrap_or_else(|| "TerminatedAfterSignal".into()),
-                message: format!(
-                    "the trainer exited {} {} after {}",
-                    exit_text(t.exit_code, r.term_signal.as_deref()),
-                    r.signal_to_exit_seconds
-                        .map(|s| format!("{s:.1}s"))
-                        .unwrap_or_default(),
-                    r.signal
-                        .as_ref()
-                        .map(|s| s.name.as_str())
-                        .unwrap_or("a signal"),
-                ),
-            },
-            _ if disruption.is_some() || kubelet_reason.is_some() || deleting => {
+            Some(r) if r.state == State::Signalled => {
+                let message = signalled_text(t.exit_code, r);
+                if evidence {
+                    let (reason, _) =
+                        disrupted(&disruption, &kubelet_reason, status.message.as_deref());
+                    Outcome::Disrupted { reason, message }
+                } else {
+                    Outcome::Stopped {
+                        reason: if r.peer_stop.is_some() {
+                            "PeerStop"
+                        } else {
+                            "SignalWithoutDisruption"
+                        }
+                        .into(),
+                        message,
+                    }
+                }
+            }
+            _ if evidence => {
                 let (reason, message) =
                     disrupted(&disruption, &kubelet_reason, status.message.as_deref());
                 Outcome::Disrupted { reason, message }
@@ -167,6 +183,8 @@ pub fn view(job: &TrainingJob, pod: &Pod) -> Option<PodView> {
         running: state.is_some_and(|s| s.running.is_some()),
         outcome,
         report,
+        report_error,
+        releasable: crate::finalizers::releasable(pod),
         finished_at: terminated.and_then(|t| t.finished_at.as_ref()).map(|t| t.0),
     })
 }
@@ -181,6 +199,22 @@ fn disrupted(
         (None, Some(reason)) => (reason.clone(), pod_message.unwrap_or_default().to_string()),
         (None, None) => ("PodDeleted".into(), "the pod was deleted".into()),
     }
+}
+
+/// How a signalled trainer ended, for people.
+fn signalled_text(exit_code: i32, r: &Report) -> String {
+    let cause = match (&r.signal, &r.peer_stop) {
+        (Some(s), _) => s.name.clone(),
+        (None, Some(p)) => format!("a stop of rank {}", p.rank),
+        (None, None) => "a signal".into(),
+    };
+    format!(
+        "the trainer exited {} {} after {cause}",
+        exit_text(exit_code, r.term_signal.as_deref()),
+        r.signal_to_exit_seconds
+            .map(|s| format!("{s:.1}s"))
+            .unwrap_or_default(),
+    )
 }
 
 fn exit_text(code: i32, signal: Option<&str>) -> String {

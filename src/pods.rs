@@ -15,17 +15,9 @@ use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 use thiserror::Error;
 
-/// Labels on everything the operator makes, so one selector finds it all.
-pub const JOB_LABEL: &str = "trainingjob.dev/job";
-pub const RANK_LABEL: &str = "trainingjob.dev/rank";
-pub const ATTEMPT_LABEL: &str = "trainingjob.dev/attempt";
-pub const MANAGED_BY: &str = "trainingjob-operator";
-/// Keeps a finished pod's object, and with it the launcher's report in its
-/// termination message, until the operator has recorded the report: the
-/// kubelet deletes a deleted pod's object right after its containers stop,
-/// and a report read from a watch event alone would be lost to an operator
-/// restart. The Job controller tracks pods the same way.
-pub const REPORT_FINALIZER: &str = "trainingjob.dev/report";
+// Until every user imports them from their own files.
+pub use crate::finalizers::REPORT_FINALIZER;
+pub use crate::labels::{job_labels, ATTEMPT_LABEL, JOB_LABEL, MANAGED_BY, RANK_LABEL};
 
 /// Where the init container puts the launcher, and where it runs from.
 pub const LAUNCHER_DIR: &str = "/tj";
@@ -40,7 +32,7 @@ const SHM_VOLUME: &str = "tj-shm";
 const GPU: &str = "nvidia.com/gpu";
 
 /// What the builder cannot turn into a pod. Each says what to change.
-#[derive(Debug, Error, PartialEq)]
+#[derive(Clone, Debug, Error, PartialEq)]
 pub enum BuildError {
     #[error("the pod template has no containers: add the trainer container")]
     NoContainers,
@@ -106,14 +98,6 @@ pub fn owner_reference(job: &TrainingJob) -> OwnerReference {
             controller: Some(true),
             block_owner_deletion: Some(true),
         })
-}
-
-pub fn job_labels(job: &TrainingJob) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("app.kubernetes.io/name".into(), "trainingjob".into()),
-        ("app.kubernetes.io/managed-by".into(), MANAGED_BY.into()),
-        (JOB_LABEL.into(), job.name_any()),
-    ])
 }
 
 /// The pods of one attempt, rank 0 first.

@@ -1,5 +1,7 @@
 use super::*;
+use crate::api::SaveStatus;
 use crate::api::TrainingJob;
+use crate::conditions::ConditionType::{self, *};
 use launcher::report::{LastCheckpoint, Report, Saves, State};
 use serde_json::json;
 
@@ -31,6 +33,8 @@ fn pv(attempt: i32, rank: i32) -> PodView {
         running: true,
         outcome: None,
         report: None,
+        report_error: None,
+        releasable: false,
         finished_at: None,
     }
 }
@@ -50,6 +54,7 @@ fn run(j: &TrainingJob, pods: &[PodView]) -> Decision {
         pods,
         problems: &[],
         now: now(),
+        operator_image: "op:1",
     })
 }
 
@@ -61,32 +66,33 @@ fn status(phase: Phase, attempt: i32) -> TrainingJobStatus {
     }
 }
 
-fn cond<'a>(
-    s: &'a TrainingJobStatus,
-    t: &str,
-) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-    s.conditions
-        .iter()
-        .find(|c| c.type_ == t)
-        .unwrap_or_else(|| panic!("no {t} condition"))
+fn cond(
+    s: &TrainingJobStatus,
+    t: ConditionType,
+) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    crate::conditions::find(&s.conditions, t).unwrap_or_else(|| panic!("no {t:?} condition"))
+}
+
+fn reasons(d: &Decision) -> Vec<&'static str> {
+    d.transitions.iter().map(|t| t.reason()).collect()
 }
 
 #[test]
 fn a_new_job_starts_attempt_one_with_the_whole_notice_as_grace() {
     let d = run(&job(None), &[]);
-    assert_eq!(d.create_attempt, Some(1));
+    assert_eq!(d.create_attempt(), Some(1));
     assert_eq!(d.status.attempt, 1);
     assert_eq!(d.status.phase, Some(Phase::Pending));
     assert_eq!(d.status.grace_period_seconds, Some(30));
-    assert_eq!(d.events[0].1, "Started");
+    assert_eq!(reasons(&d), ["Started"]);
 }
 
 #[test]
 fn all_ranks_running_is_running_and_ready() {
     let d = run(&job(Some(status(Phase::Pending, 1))), &[pv(1, 0), pv(1, 1)]);
     assert_eq!(d.status.phase, Some(Phase::Running));
-    assert_eq!(cond(&d.status, READY).status, "True");
-    assert_eq!(d.create_attempt, None);
+    assert_eq!(cond(&d.status, Ready).status, "True");
+    assert_eq!(d.create_attempt(), None);
     assert!(d.delete.is_empty());
 }
 
@@ -97,7 +103,7 @@ fn one_rank_still_pending_is_not_ready() {
     let d = run(&job(Some(status(Phase::Pending, 1))), &[pv(1, 0), p1]);
     assert_eq!(d.status.phase, Some(Phase::Pending));
     assert_eq!(
-        cond(&d.status, READY).message,
+        cond(&d.status, Ready).message,
         "attempt 1: 1 of 2 ranks running"
     );
 }
@@ -121,7 +127,7 @@ fn a_disrupted_rank_stops_the_whole_gang_and_counts_a_preemption_not_a_failure()
         (1, 0, InterruptionKind::Preemption)
     );
     assert_eq!(i.reason, "EvictionByEvictionAPI");
-    assert_eq!(d.create_attempt, None);
+    assert_eq!(d.create_attempt(), None);
 }
 
 #[test]
@@ -147,7 +153,7 @@ fn no_new_attempt_while_any_old_pod_can_still_run() {
     let mut p1 = pv(1, 1);
     p1.deleting = true;
     let d = run(&job(Some(s.clone())), &[p1]);
-    assert_eq!(d.create_attempt, None);
+    assert_eq!(d.create_attempt(), None);
     assert!(d.delete.is_empty(), "already being deleted");
     assert_eq!(d.status.phase, Some(Phase::Stopping));
 
@@ -160,9 +166,9 @@ fn no_new_attempt_while_any_old_pod_can_still_run() {
         },
     );
     let d = run(&job(Some(s)), &[gone]);
-    assert_eq!(d.create_attempt, Some(2));
+    assert_eq!(d.create_attempt(), Some(2));
     assert_eq!(d.status.phase, Some(Phase::Resuming));
-    assert_eq!(d.events.last().unwrap().1, "Resuming");
+    assert_eq!(reasons(&d).last(), Some(&"Resuming"));
 }
 
 #[test]
@@ -207,7 +213,12 @@ fn the_next_attempts_grace_is_sized_from_the_measured_save() {
     assert_eq!(d.status.grace_period_seconds, Some(12)); // 6 x 1.5 + 3
     assert_eq!(d.status.last_checkpoint.as_ref().unwrap().step, 40);
     assert_eq!(d.status.save.as_ref().unwrap().p95_seconds, Some(6.0));
-    assert!(d.events.last().unwrap().2.contains("resuming from step 40"));
+    assert!(d
+        .transitions
+        .last()
+        .unwrap()
+        .message()
+        .contains("resuming from step 40"));
     // Three steps ran after the last save: the next attempt redoes them.
     assert_eq!(d.status.interruptions[0].steps_lost, Some(3));
 }
@@ -231,7 +242,7 @@ fn a_save_longer_than_the_notice_sets_a_condition_with_the_interval() {
     });
     s.preemptions = 1;
     let d = run(&job(Some(s)), &[]);
-    let c = cond(&d.status, GRACE_EXCEEDS_NOTICE);
+    let c = cond(&d.status, GraceExceedsNotice);
     assert_eq!(c.status, "True");
     assert!(c.message.contains("needs 63s"), "{}", c.message);
     assert!(c.message.contains("33s more than the 30s"), "{}", c.message);
@@ -270,7 +281,7 @@ fn a_non_zero_exit_is_a_failure_then_backoff_then_failed_after_the_limit() {
         &job(Some(s.clone())),
         &[fail(pv(1, 0)), ended(pv(1, 1), Outcome::Completed)],
     );
-    assert_eq!(d.create_attempt, Some(2));
+    assert_eq!(d.create_attempt(), Some(2));
 
     // A second failure exceeds backoffLimit 1.
     s.attempt = 2;
@@ -278,7 +289,7 @@ fn a_non_zero_exit_is_a_failure_then_backoff_then_failed_after_the_limit() {
     let d = run(&job(Some(s)), &[fail(pv(2, 0)), pv(2, 1)]);
     assert_eq!(d.status.phase, Some(Phase::Failed));
     assert_eq!(d.status.failures, 2);
-    let c = cond(&d.status, FAILED);
+    let c = cond(&d.status, Failed);
     assert_eq!(c.reason, "BackoffLimitExceeded");
     assert!(c.message.contains("exited with code 1"), "{}", c.message);
     assert!(c.message.contains("boom"), "{}", c.message);
@@ -299,7 +310,7 @@ fn backoff_waits_from_the_trainers_exit_even_when_its_pod_is_gone() {
         time: Some(Time(now() - SignedDuration::from_secs(4))),
     });
     let d = run(&job(Some(s)), &[]);
-    assert_eq!(d.create_attempt, None);
+    assert_eq!(d.create_attempt(), None);
     assert_eq!(d.requeue_after, Some(Duration::from_secs(6)));
     assert_eq!(backoff_seconds(1), 10);
     assert_eq!(backoff_seconds(3), 40);
@@ -341,7 +352,7 @@ fn every_rank_completed_is_success() {
         ],
     );
     assert_eq!(d.status.phase, Some(Phase::Succeeded));
-    assert_eq!(cond(&d.status, SUCCEEDED).status, "True");
+    assert_eq!(cond(&d.status, Succeeded).status, "True");
     // One rank done, the other still running: keep going.
     let d = run(
         &job(Some(status(Phase::Running, 1))),
@@ -365,33 +376,58 @@ fn max_preemptions_exhausted_fails_the_job() {
     });
     let d = run(&job(Some(s)), &[]);
     assert_eq!(d.status.phase, Some(Phase::Failed));
-    assert_eq!(cond(&d.status, FAILED).reason, "MaxPreemptionsExceeded");
-    assert_eq!(d.create_attempt, None);
+    assert_eq!(cond(&d.status, Failed).reason, "MaxPreemptionsExceeded");
+    assert_eq!(d.create_attempt(), None);
 }
 
 #[test]
 fn pods_of_a_newer_attempt_mean_creation_was_interrupted() {
     let d = run(&job(Some(status(Phase::Stopping, 1))), &[pv(2, 0)]);
     assert_eq!(d.status.attempt, 2);
-    assert_eq!(d.create_attempt, Some(2));
+    assert_eq!(d.create_attempt(), Some(2));
 }
 
 #[test]
 fn a_spec_that_cannot_run_gets_a_condition_and_no_pods() {
     let j = job(None);
-    let problems = vec!["claim \"c\" not found".to_string()];
+    let problems = vec![crate::validate::SpecProblem::ClaimMissing {
+        claim: "c".into(),
+        namespace: "ns".into(),
+    }];
     let d = decide(&Inputs {
         job: &j,
         pods: &[],
         problems: &problems,
         now: now(),
         defaults: &Defaults::default(),
+        operator_image: "op:1",
     });
-    assert_eq!(d.create_attempt, None);
-    let c = cond(&d.status, SPEC_PROBLEM);
+    assert_eq!(d.create_attempt(), None);
+    let c = cond(&d.status, SpecProblem);
     assert_eq!(c.status, "True");
+    assert!(
+        c.message.starts_with("spec.checkpoint.claimName: "),
+        "{}",
+        c.message
+    );
     assert!(c.message.contains("not found"));
-    assert_eq!(d.requeue_after, Some(Duration::from_secs(30)));
+    assert_eq!(reasons(&d), ["SpecCannotRun"]);
+    assert_eq!(
+        d.requeue_after,
+        Some(Duration::from_secs(SPEC_RETRY_MIN_SECONDS))
+    );
+    // The same problem again: no second event, and the retry grows.
+    let later = Inputs {
+        job: &job(Some(d.status.clone())),
+        pods: &[],
+        problems: &problems,
+        now: now() + SignedDuration::from_secs(120),
+        defaults: &Defaults::default(),
+        operator_image: "op:1",
+    };
+    let again = decide(&later);
+    assert!(again.transitions.is_empty(), "{:?}", again.transitions);
+    assert_eq!(again.requeue_after, Some(Duration::from_secs(120)));
 }
 
 #[test]
@@ -400,13 +436,13 @@ fn deciding_twice_on_the_same_world_writes_the_same_status() {
     let first = run(&j, &[pv(1, 0), pv(1, 1)]);
     let again = run(&job(Some(first.status.clone())), &[pv(1, 0), pv(1, 1)]);
     assert_eq!(again.status, first.status);
-    assert!(again.events.is_empty());
-    assert!(again.delete.is_empty() && again.create_attempt.is_none());
+    assert!(again.transitions.is_empty());
+    assert!(again.delete.is_empty() && again.create_attempt().is_none());
 }
 
 #[test]
 fn terminal_jobs_only_clean_up() {
     let d = run(&job(Some(status(Phase::Failed, 2))), &[pv(2, 1)]);
     assert_eq!(d.delete, vec!["j-a2-r1".to_string()]);
-    assert_eq!(d.create_attempt, None);
+    assert_eq!(d.create_attempt(), None);
 }

@@ -64,19 +64,41 @@ fn exit_zero_without_a_signal_is_completion() {
 }
 
 #[test]
-fn exit_zero_after_a_signal_is_a_preemption_not_completion() {
+fn exit_zero_after_a_signal_to_a_deleted_pod_is_a_preemption_not_completion() {
+    let v = view(
+        &job(),
+        &pod("Succeeded", terminated(0, &report("signalled")), true),
+    )
+    .unwrap();
+    match v.outcome {
+        Some(Outcome::Disrupted { reason, message }) => {
+            assert_eq!(reason, "PodDeleted");
+            assert!(message.contains("after SIGTERM"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_signal_the_cluster_did_not_send_is_only_the_trainers_word() {
+    // `kill -TERM 1` from inside the trainer: nothing took the pod away.
     let v = view(
         &job(),
         &pod("Succeeded", terminated(0, &report("signalled")), false),
     )
     .unwrap();
     match v.outcome {
-        Some(Outcome::Disrupted { reason, message }) => {
-            assert_eq!(reason, "TerminatedAfterSignal");
-            assert!(message.contains("after SIGTERM"), "{message}");
-        }
+        Some(Outcome::Stopped { reason, .. }) => assert_eq!(reason, "SignalWithoutDisruption"),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_report_that_does_not_parse_is_said_not_dropped() {
+    let status = terminated(3, "{\"version\":1,\"state\":\"fail");
+    let v = view(&job(), &pod("Failed", status, false)).unwrap();
+    assert!(v.report.is_none());
+    assert!(v.report_error.is_some());
 }
 
 #[test]
