@@ -8,12 +8,6 @@ pub enum Error {
     #[error("Kubernetes API call failed: {0}")]
     Kube(#[from] kube::Error),
 
-    #[error("could not serialize {what}: {source}")]
-    Serialize {
-        what: &'static str,
-        source: serde_json::Error,
-    },
-
     #[error("the TrainingJob has no namespace")]
     NoNamespace,
 
@@ -27,11 +21,25 @@ impl Error {
         match self {
             Error::Kube(kube::Error::Api(_)) => "api",
             Error::Kube(_) => "kube",
-            Error::Serialize { .. } => "serialize",
             Error::NoNamespace => "no_namespace",
             Error::NamespaceTerminating => "namespace_terminating",
         }
     }
+
+    /// Nothing will change by retrying: wait for the object to change.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Error::NoNamespace)
+    }
+}
+
+/// The API server's answer to a create in a namespace being deleted.
+pub fn namespace_terminating(e: &kube::core::Status) -> bool {
+    e.code == 403 && e.message.contains("being terminated")
+}
+
+/// Whether the answer is a 404: the object is gone already.
+pub fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,18 +1,23 @@
-//! The report finalizer on training pods (see `pods::REPORT_FINALIZER`):
-//! when a pod may let go of it, and the small loop that releases the pods of
-//! jobs that no longer exist.
+//! The report finalizer on training pods: when a pod may let go of it, and
+//! the small loop that releases the pods of jobs that no longer exist.
 
 use crate::api::TrainingJob;
-use crate::pods::{MANAGED_BY, REPORT_FINALIZER};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tracing::{info, warn};
+
+/// Keeps a finished pod's object, and with it the launcher's report in its
+/// termination message, until the operator has recorded the report: the
+/// kubelet deletes a deleted pod's object right after its containers stop,
+/// and a report read from a watch event alone would be lost to an operator
+/// restart. The Job controller tracks pods the same way.
+pub const REPORT_FINALIZER: &str = "trainingjob.dev/report";
 
 /// Whether the pod holds our finalizer and has nothing more to report: its
 /// containers have all stopped, or it was deleted before it was scheduled.
@@ -55,52 +60,68 @@ pub async fn release(api: &Api<Pod>, pod: &Pod) -> kube::Result<()> {
 }
 
 /// Releases the finished pods of TrainingJobs that were deleted: with no
-/// job left, no reconcile of it would ever let them go.
-pub async fn release_orphans(client: Client, namespace: Option<String>) {
-    let pods: Api<Pod> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let config =
-        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
-    Controller::new(pods, config)
-        .shutdown_on_signal()
-        .run(
-            reconcile_orphan,
-            |_, _: &kube::Error, _| Action::requeue(Duration::from_secs(10)),
-            Arc::new(client),
-        )
-        .for_each(|_| async {})
-        .await;
+/// job left, no reconcile of it would ever let them go. Fed by the
+/// controller's own pod watch and judged against its job cache, so it
+/// costs no watch and no read of its own.
+pub struct Orphans {
+    tx: mpsc::UnboundedSender<Arc<Pod>>,
 }
 
-async fn reconcile_orphan(pod: Arc<Pod>, client: Arc<Client>) -> kube::Result<Action> {
-    if !releasable(&pod) {
-        return Ok(Action::await_change());
+impl Orphans {
+    pub fn spawn(client: Client, jobs: Store<TrainingJob>) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Arc<Pod>>();
+        tokio::spawn(async move {
+            // Before the first list of jobs, every pod would look orphaned.
+            if jobs.wait_until_ready().await.is_err() {
+                return;
+            }
+            while let Some(pod) = rx.recv().await {
+                if orphaned(&jobs, &pod) {
+                    release_orphan(&client, &pod).await;
+                }
+            }
+        });
+        Self { tx }
     }
+
+    /// Looks at a pod the watch delivered.
+    pub fn offer(&self, event: &watcher::Event<Pod>) {
+        if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = event {
+            if releasable(p) {
+                let _ = self.tx.send(Arc::new(p.clone()));
+            }
+        }
+    }
+}
+
+fn orphaned(jobs: &Store<TrainingJob>, pod: &Pod) -> bool {
     let ns = pod.namespace().unwrap_or_default();
     let owner = pod
         .owner_references()
         .iter()
-        .find(|o| o.kind == "TrainingJob")
-        .cloned();
-    let jobs: Api<TrainingJob> = Api::namespaced((*client).clone(), &ns);
-    let orphaned = match &owner {
+        .find(|o| o.kind == "TrainingJob");
+    match owner {
         None => true,
-        Some(o) => match jobs.get_opt(&o.name).await? {
+        Some(o) => match jobs.get(&ObjectRef::new(&o.name).within(&ns)) {
             None => true,
             Some(job) => {
                 job.uid().as_deref() != Some(o.uid.as_str())
                     || job.metadata.deletion_timestamp.is_some()
             }
         },
-    };
-    if orphaned {
-        info!(pod = %pod.name_any(), ns = %ns, "releasing a finished pod of a deleted TrainingJob");
-        if let Err(e) = release(&Api::namespaced((*client).clone(), &ns), &pod).await {
-            warn!(pod = %pod.name_any(), "could not release: {e}");
-            return Err(e);
-        }
     }
-    Ok(Action::await_change())
+}
+
+/// A few tries: a pod that stays finished sends no further event.
+async fn release_orphan(client: &Client, pod: &Pod) {
+    let ns = pod.namespace().unwrap_or_default();
+    let api = Api::namespaced(client.clone(), &ns);
+    for delay in [1, 5, 30] {
+        info!(pod = %pod.name_any(), ns = %ns, "releasing a finished pod of a deleted TrainingJob");
+        match release(&api, pod).await {
+            Ok(()) => return,
+            Err(e) => warn!(pod = %pod.name_any(), "could not release: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(delay)).await;
+    }
 }

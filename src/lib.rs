@@ -1,7 +1,10 @@
 //! trainingjob-operator: keeps long GPU training jobs alive across spot
-//! preemptions. See DESIGN.md in the project's shared folder for the shape.
+//! preemptions. The README's layout table says where each concept lives.
 
 pub mod api;
+pub mod apply;
+pub mod backoff;
+pub mod cache;
 pub mod conditions;
 pub mod controller;
 pub mod crd;
@@ -9,12 +12,17 @@ pub mod defaults;
 pub mod error;
 pub mod finalizers;
 pub mod grace;
+pub mod labels;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
 pub mod observe;
 pub mod pods;
+pub mod preflight;
 pub mod quantity;
+pub mod reports;
 pub mod shell;
 pub mod shm;
+pub mod transition;
 pub mod uninstall;
+pub mod validate;

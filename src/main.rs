@@ -34,6 +34,9 @@ enum Command {
     Run(RunArgs),
     /// Print the CustomResourceDefinition.
     Crd,
+    /// Stop the operator and take its finalizer off every pod it manages
+    /// (the chart's pre-delete hook), so uninstalling leaves nothing stuck.
+    ReleaseFinalizers(trainingjob_operator::uninstall::Args),
 }
 
 #[derive(clap::Args)]
@@ -100,6 +103,7 @@ async fn main() {
             0
         }
         Command::Run(args) => run(args).await,
+        Command::ReleaseFinalizers(args) => trainingjob_operator::uninstall::main(args).await,
     };
     std::process::exit(code);
 }
@@ -170,7 +174,7 @@ async fn run(args: RunArgs) -> i32 {
         args.operator_image,
         defaults,
     ));
-    let client_for_orphans = client.clone();
+    let stop = Stop::install();
     let elector = args.leader_elect.then(|| {
         leader::Elector::new(
             client.clone(),
@@ -179,8 +183,9 @@ async fn run(args: RunArgs) -> i32 {
             leader::identity(),
         )
     });
-    let controller = tokio::spawn({
+    let mut controller = tokio::spawn({
         let http = http.clone();
+        let stop = stop.clone();
         async move {
             wait_for_crd(client).await;
             http.ready.store(true, Ordering::SeqCst);
@@ -189,16 +194,7 @@ async fn run(args: RunArgs) -> i32 {
                 elector.acquire().await;
             }
             info!("controller running");
-            // Both loops end together on SIGTERM; either ending alone is a bug.
-            let work = async {
-                tokio::join!(
-                    controller::run(ctx, args.namespace.clone()),
-                    trainingjob_operator::finalizers::release_orphans(
-                        client_for_orphans,
-                        args.namespace
-                    ),
-                )
-            };
+            let work = controller::run(ctx, args.namespace.clone(), stop.wait());
             match &elector {
                 None => {
                     work.await;
@@ -221,11 +217,67 @@ async fn run(args: RunArgs) -> i32 {
     // restarted anyway, and a dead controller must not look healthy.
     tokio::select! {
         r = server => { error!("the HTTP server stopped: {r:?}"); 1 }
-        r = controller => match r {
-            Ok(Ok(())) => { info!("controller stopped"); 0 }
-            Ok(Err(why)) => { error!("stopping: {why}"); 1 }
-            Err(e) => { error!("the controller task died: {e}"); 1 }
-        },
+        r = &mut controller => ended(r),
+        _ = stop.wait() => {
+            // In-flight reconciles get a moment to finish and the lease is
+            // released; past that the process goes anyway. Every action is
+            // idempotent, so one cut short is redone by the next leader.
+            match tokio::time::timeout(SHUTDOWN_GRACE, controller).await {
+                Ok(r) => ended(r),
+                Err(_) => { warn!("stopping with reconciles still in flight"); 0 }
+            }
+        }
+    }
+}
+
+/// How long a stopping operator waits for in-flight work.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(900);
+
+fn ended(r: Result<Result<(), &'static str>, tokio::task::JoinError>) -> i32 {
+    match r {
+        Ok(Ok(())) => {
+            info!("controller stopped");
+            0
+        }
+        Ok(Err(why)) => {
+            error!("stopping: {why}");
+            1
+        }
+        Err(e) => {
+            error!("the controller task died: {e}");
+            1
+        }
+    }
+}
+
+/// SIGTERM or SIGINT, seen once and told to everyone who waits.
+#[derive(Clone)]
+struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    fn install() -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                error!("cannot install the SIGTERM handler");
+                return;
+            };
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            info!("stopping on a signal");
+            let _ = tx.send(true);
+        });
+        Self(rx)
+    }
+
+    fn wait(&self) -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
     }
 }
 

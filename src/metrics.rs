@@ -110,7 +110,7 @@ impl Metrics {
                 r,
                 "steps_lost",
                 "Steps an interruption made the next attempt redo",
-                Histogram::new([0.0, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 1000.0].into_iter()),
+                Histogram::new([0.0, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 1000.0]),
             ),
             save_bytes_per_second: register(
                 r,
