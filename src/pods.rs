@@ -43,11 +43,13 @@ pub enum BuildError {
     #[error("the trainer's command is shell form ({0}): a shell does not forward SIGTERM; give the program and its arguments directly")]
     ShellForm(String),
     #[error(
-        "the pod template already has a volume named {0:?}, which the operator needs: rename it"
+        "the pod template has a volume named {0:?}: names starting with `tj-` are the operator's; rename it"
     )]
     VolumeNameTaken(String),
-    #[error("the pod template mounts something at {0}, where the operator mounts its own volume: remove that mount")]
+    #[error("the pod template mounts something at {0}, a path the operator owns (/tj, /dev/shm, /dev/termination-log): remove that mount, and use sharedMemory for /dev/shm")]
     MountTaken(String),
+    #[error("the pod template has a container named {0:?}: names starting with `tj-` are the operator's; rename it")]
+    ContainerNameTaken(String),
 }
 
 /// Everything about one attempt that is decided outside the builder.
@@ -109,17 +111,109 @@ pub fn build_pods(job: &TrainingJob, plan: &AttemptPlan) -> Result<Vec<Pod>, Bui
 
 pub fn build_pod(job: &TrainingJob, plan: &AttemptPlan, rank: i32) -> Result<Pod, BuildError> {
     let name = job.name_any();
-    let spec = &job.spec;
-    let template_meta = spec.template.metadata.clone().unwrap_or_default();
-    let mut pod_spec: PodSpec = spec.template.spec.clone().unwrap_or_default();
+    let template_meta = job.spec.template.metadata.clone().unwrap_or_default();
+    let mut pod_spec: PodSpec = job.spec.template.spec.clone().unwrap_or_default();
     let trainer = trainer_index(&pod_spec.containers)?;
+    check_reserved(&pod_spec)?;
+    add_volumes(&mut pod_spec, job, plan);
+    let report_budget = report_budget(&pod_spec);
+    let c = &mut pod_spec.containers[trainer];
+    wrap_command(c, job, plan, rank, report_budget)?;
+    set_env(c, job, plan, rank);
+    add_mounts(c, job, plan)?;
+    c.termination_message_policy = Some("File".into());
+    c.termination_message_path = None;
+    gpu_requests_match_limits(c);
+    let wants_gpu = c
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .is_some_and(|l| l.contains_key(GPU));
+    let inits = pod_spec.init_containers.get_or_insert_with(Vec::new);
+    inits.insert(0, launcher_installer(&plan.operator_image));
+    pod_spec.restart_policy = Some("Never".into());
+    pod_spec.termination_grace_period_seconds = Some(plan.grace_seconds);
+    // The trainer needs no API access: its report travels in the
+    // termination message. A token is mounted only when the template asks.
+    if pod_spec.automount_service_account_token.is_none() {
+        pod_spec.automount_service_account_token = Some(false);
+    }
+    if job.spec.replicas > 1 {
+        pod_spec.hostname = Some(rank_hostname(&name, rank));
+        pod_spec.subdomain = Some(service_name(&name));
+    }
+    schedule(&mut pod_spec, wants_gpu, plan.spot);
+    let mut labels = template_meta.labels.unwrap_or_default();
+    labels.extend(job_labels(job));
+    labels.insert(RANK_LABEL.into(), rank.to_string());
+    labels.insert(ATTEMPT_LABEL.into(), plan.attempt.to_string());
+    Ok(Pod {
+        metadata: ObjectMeta {
+            name: Some(pod_name(&name, plan.attempt, rank)),
+            namespace: job.namespace(),
+            labels: Some(labels),
+            annotations: template_meta.annotations,
+            owner_references: Some(vec![owner_reference(job)]),
+            finalizers: Some(vec![REPORT_FINALIZER.into()]),
+            ..Default::default()
+        },
+        spec: Some(pod_spec),
+        status: None,
+    })
+}
 
-    let volumes = pod_spec.volumes.get_or_insert_with(Vec::new);
-    for taken in [LAUNCHER_VOLUME, CHECKPOINT_VOLUME, SHM_VOLUME] {
-        if volumes.iter().any(|v| v.name == taken) {
-            return Err(BuildError::VolumeNameTaken(taken.into()));
+/// The prefix of the volumes and containers the operator adds.
+pub const RESERVED_PREFIX: &str = "tj-";
+/// Paths the operator mounts or the kubelet writes for it.
+pub const RESERVED_PATHS: &[&str] = &[LAUNCHER_DIR, "/dev/shm", "/dev/termination-log"];
+
+/// A mount path as the kernel would resolve it: `//` collapsed, `.` and
+/// `..` resolved, no trailing `/`.
+pub fn canonical_path(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
         }
     }
+    format!("/{}", parts.join("/"))
+}
+
+/// Whether `path` is `root` or lies under it, after canonicalising.
+fn under(path: &str, root: &str) -> bool {
+    let p = canonical_path(path);
+    p == root || p.starts_with(&format!("{root}/"))
+}
+
+/// Names and paths the operator owns, which the template may not use.
+fn check_reserved(spec: &PodSpec) -> Result<(), BuildError> {
+    let volumes = spec.volumes.iter().flatten().map(|v| &v.name);
+    if let Some(v) = volumes.into_iter().find(|n| n.starts_with(RESERVED_PREFIX)) {
+        return Err(BuildError::VolumeNameTaken(v.clone()));
+    }
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    for c in containers {
+        if c.name.starts_with(RESERVED_PREFIX) {
+            return Err(BuildError::ContainerNameTaken(c.name.clone()));
+        }
+        for m in c.volume_mounts.iter().flatten() {
+            if RESERVED_PATHS.iter().any(|r| under(&m.mount_path, r)) {
+                return Err(BuildError::MountTaken(m.mount_path.clone()));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn add_volumes(pod_spec: &mut PodSpec, job: &TrainingJob, plan: &AttemptPlan) {
+    let volumes = pod_spec.volumes.get_or_insert_with(Vec::new);
     volumes.push(Volume {
         name: LAUNCHER_VOLUME.into(),
         empty_dir: Some(EmptyDirVolumeSource {
@@ -131,7 +225,7 @@ pub fn build_pod(job: &TrainingJob, plan: &AttemptPlan, rank: i32) -> Result<Pod
     volumes.push(Volume {
         name: CHECKPOINT_VOLUME.into(),
         persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-            claim_name: spec.checkpoint.claim_name.clone(),
+            claim_name: job.spec.checkpoint.claim_name.clone(),
             read_only: None,
         }),
         ..Default::default()
@@ -146,14 +240,61 @@ pub fn build_pod(job: &TrainingJob, plan: &AttemptPlan, rank: i32) -> Result<Pod
             ..Default::default()
         });
     }
+}
 
-    let world = spec.replicas.max(1);
+/// The kubelet keeps 12 KiB of termination message for a whole pod,
+/// shared among its containers: the launcher's report gets its share.
+pub const POD_MESSAGE_BYTES: usize = 12 * 1024;
+pub const REPORT_MAX_BYTES: usize = 4096;
+
+fn report_budget(spec: &PodSpec) -> usize {
+    let containers = spec.containers.len() + spec.init_containers.iter().flatten().count() + 1;
+    (POD_MESSAGE_BYTES / containers.max(1)).min(REPORT_MAX_BYTES)
+}
+
+/// The trainer's command under the launcher. Its settings travel as flags,
+/// so nothing in the template's env can turn them off.
+fn wrap_command(
+    c: &mut Container,
+    job: &TrainingJob,
+    plan: &AttemptPlan,
+    rank: i32,
+    report_budget: usize,
+) -> Result<(), BuildError> {
+    let command = c.command.clone().unwrap_or_default();
+    if command.is_empty() {
+        return Err(BuildError::NoCommand);
+    }
+    if let Some(shell) = shell_form(&command, c.args.as_deref().unwrap_or_default()) {
+        return Err(BuildError::ShellForm(shell));
+    }
+    let flags = [
+        ("--checkpoint-dir", job.spec.checkpoint.mount_path.clone()),
+        ("--report", "/dev/termination-log".to_string()),
+        ("--grace-seconds", plan.grace_seconds.to_string()),
+        ("--attempt", plan.attempt.to_string()),
+        ("--rank", rank.to_string()),
+        ("--report-max-bytes", report_budget.to_string()),
+    ];
+    let mut wrapped = vec![LAUNCHER_PATH.to_string(), "run".into()];
+    for (flag, value) in flags {
+        wrapped.extend([flag.to_string(), value]);
+    }
+    wrapped.push("--".into());
+    wrapped.extend(command);
+    c.command = Some(wrapped);
+    Ok(())
+}
+
+fn set_env(c: &mut Container, job: &TrainingJob, plan: &AttemptPlan, rank: i32) {
+    let name = job.name_any();
+    let world = job.spec.replicas.max(1);
     let master_addr = if world > 1 {
+        let ns = job.namespace().unwrap_or_default();
         format!(
-            "{}.{}.{}.svc",
+            "{}.{}.{ns}.svc",
             rank_hostname(&name, 0),
-            service_name(&name),
-            job.namespace().unwrap_or_default()
+            service_name(&name)
         )
     } else {
         "localhost".into()
@@ -163,32 +304,16 @@ pub fn build_pod(job: &TrainingJob, plan: &AttemptPlan, rank: i32) -> Result<Pod
         ("WORLD_SIZE", world.to_string()),
         ("MASTER_ADDR", master_addr),
         ("MASTER_PORT", MASTER_PORT.to_string()),
-        ("TJ_JOB_NAME", name.clone()),
+        ("TJ_JOB_NAME", name),
         ("TJ_RANK", rank.to_string()),
         ("TJ_WORLD_SIZE", world.to_string()),
         ("TJ_ATTEMPT", plan.attempt.to_string()),
         ("TJ_GRACE_SECONDS", plan.grace_seconds.to_string()),
-        ("TJ_CHECKPOINT_DIR", spec.checkpoint.mount_path.clone()),
+        ("TJ_CHECKPOINT_DIR", job.spec.checkpoint.mount_path.clone()),
     ];
     if let Some(interval) = plan.checkpoint_interval_seconds {
         ours.push(("TJ_CHECKPOINT_INTERVAL_SECONDS", interval.to_string()));
     }
-
-    let c = &mut pod_spec.containers[trainer];
-    let command = c.command.clone().unwrap_or_default();
-    if command.is_empty() {
-        return Err(BuildError::NoCommand);
-    }
-    if let Some(shell) = shell_form(&command, c.args.as_deref().unwrap_or_default()) {
-        return Err(BuildError::ShellForm(shell));
-    }
-    c.command = Some(
-        [LAUNCHER_PATH, "run", "--"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain(command)
-            .collect(),
-    );
     let env = c.env.get_or_insert_with(Vec::new);
     // Ours win over the template's: a stale RANK from the template would
     // make two pods claim the same rank.
@@ -198,10 +323,17 @@ pub fn build_pod(job: &TrainingJob, plan: &AttemptPlan, rank: i32) -> Result<Pod
         value: Some(v),
         value_from: None,
     }));
+}
+
+fn add_mounts(c: &mut Container, job: &TrainingJob, plan: &AttemptPlan) -> Result<(), BuildError> {
     let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
     let mut wanted = vec![
         (LAUNCHER_VOLUME, LAUNCHER_DIR.to_string(), true),
-        (CHECKPOINT_VOLUME, spec.checkpoint.mount_path.clone(), false),
+        (
+            CHECKPOINT_VOLUME,
+            job.spec.checkpoint.mount_path.clone(),
+            false,
+        ),
     ];
     if plan.shm_bytes.is_some() {
         wanted.push((SHM_VOLUME, "/dev/shm".into(), false));
@@ -209,7 +341,7 @@ pub fn build_pod(job: &TrainingJob, plan: &AttemptPlan, rank: i32) -> Result<Pod
     for (volume, path, read_only) in wanted {
         if mounts
             .iter()
-            .any(|m| m.mount_path.trim_end_matches('/') == path)
+            .any(|m| canonical_path(&m.mount_path) == canonical_path(&path))
         {
             return Err(BuildError::MountTaken(path));
         }
@@ -220,29 +352,11 @@ pub fn build_pod(job: &TrainingJob, plan: &AttemptPlan, rank: i32) -> Result<Pod
             ..Default::default()
         });
     }
-    c.termination_message_policy = Some("File".into());
-    c.termination_message_path = None;
-    gpu_requests_match_limits(c);
-    let wants_gpu = c
-        .resources
-        .as_ref()
-        .and_then(|r| r.limits.as_ref())
-        .is_some_and(|l| l.contains_key(GPU));
+    Ok(())
+}
 
-    let inits = pod_spec.init_containers.get_or_insert_with(Vec::new);
-    inits.insert(0, launcher_installer(&plan.operator_image));
-
-    pod_spec.restart_policy = Some("Never".into());
-    pod_spec.termination_grace_period_seconds = Some(plan.grace_seconds);
-    // The trainer needs no API access: its report travels in the
-    // termination message. A token is mounted only when the template asks.
-    if pod_spec.automount_service_account_token.is_none() {
-        pod_spec.automount_service_account_token = Some(false);
-    }
-    if world > 1 {
-        pod_spec.hostname = Some(rank_hostname(&name, rank));
-        pod_spec.subdomain = Some(service_name(&name));
-    }
+/// GPU tolerations and the spot provider's selector and toleration.
+fn schedule(pod_spec: &mut PodSpec, wants_gpu: bool, spot: Option<SpotProvider>) {
     let tolerations = pod_spec.tolerations.get_or_insert_with(Vec::new);
     let mut add_toleration = |t: Toleration| {
         if !tolerations.contains(&t) {
@@ -259,7 +373,7 @@ pub fn build_pod(job: &TrainingJob, plan: &AttemptPlan, rank: i32) -> Result<Pod
             ..Default::default()
         });
     }
-    if let Some(provider) = plan.spot {
+    if let Some(provider) = spot {
         let (label, value, taint) = spot_convention(provider);
         pod_spec
             .node_selector
@@ -278,24 +392,6 @@ pub fn build_pod(job: &TrainingJob, plan: &AttemptPlan, rank: i32) -> Result<Pod
     if pod_spec.tolerations.as_ref().is_some_and(|t| t.is_empty()) {
         pod_spec.tolerations = None;
     }
-
-    let mut labels = template_meta.labels.unwrap_or_default();
-    labels.extend(job_labels(job));
-    labels.insert(RANK_LABEL.into(), rank.to_string());
-    labels.insert(ATTEMPT_LABEL.into(), plan.attempt.to_string());
-    Ok(Pod {
-        metadata: ObjectMeta {
-            name: Some(pod_name(&name, plan.attempt, rank)),
-            namespace: job.namespace(),
-            labels: Some(labels),
-            annotations: template_meta.annotations,
-            owner_references: Some(vec![owner_reference(job)]),
-            finalizers: Some(vec![REPORT_FINALIZER.into()]),
-            ..Default::default()
-        },
-        spec: Some(pod_spec),
-        status: None,
-    })
 }
 
 /// Node label, value, and whether spot nodes are also tainted with it.

@@ -78,10 +78,19 @@ fn one_pod_per_rank_named_by_attempt_and_rank() {
 fn the_trainer_runs_under_the_launcher_in_exec_form() {
     let pod = build_pod(&job(json!({})), &plan(), 0).unwrap();
     let c = trainer(&pod);
-    assert_eq!(
-        c.command.as_deref().unwrap(),
-        ["/tj/launcher", "run", "--", "python3", "train.py"]
+    let command = c.command.as_deref().unwrap();
+    assert_eq!(&command[..2], ["/tj/launcher", "run"]);
+    let dash = command.iter().position(|a| a == "--").unwrap();
+    assert_eq!(&command[dash + 1..], ["python3", "train.py"]);
+    // The launcher's settings are flags: the template's env cannot undo them.
+    let flags = command[2..dash].join(" ");
+    assert!(flags.contains("--report /dev/termination-log"), "{flags}");
+    assert!(
+        flags.contains("--rank 0") && flags.contains("--attempt 2"),
+        "{flags}"
     );
+    // Two containers (the trainer and the launcher's installer) share 12 KiB.
+    assert!(flags.contains("--report-max-bytes 4096"), "{flags}");
     // Kubernetes appends args to command, so the user's args follow the command.
     assert_eq!(c.args.as_deref().unwrap(), ["--lr", "0.1"]);
     assert_eq!(c.termination_message_policy.as_deref(), Some("File"));
@@ -358,4 +367,52 @@ fn what_cannot_run_is_an_error_that_says_what_to_change() {
         build_pod(&taken, &plan(), 0),
         Err(BuildError::VolumeNameTaken("tj-shm".into()))
     );
+}
+
+#[test]
+fn names_and_paths_the_operator_owns_are_refused_however_spelled() {
+    for (field, value) in [
+        (
+            "volumeMounts",
+            json!([{"name": "v", "mountPath": "/dev//shm"}]),
+        ),
+        (
+            "volumeMounts",
+            json!([{"name": "v", "mountPath": "/tj/launcher"}]),
+        ),
+        (
+            "volumeMounts",
+            json!([{"name": "v", "mountPath": "/dev/./termination-log"}]),
+        ),
+        (
+            "volumeMounts",
+            json!([{"name": "v", "mountPath": "/x/../tj/"}]),
+        ),
+    ] {
+        let mut spec = json!({"name": "trainer", "image": "img", "command": ["python3"]});
+        spec[field] = value.clone();
+        let j = job(
+            json!({"template": {"spec": {"containers": [spec], "volumes": [{"name": "v", "emptyDir": {}}]}}}),
+        );
+        assert!(
+            matches!(build_pod(&j, &plan(), 0), Err(BuildError::MountTaken(_))),
+            "{value}"
+        );
+    }
+    let j = job(json!({"template": {"spec": {"containers": [
+        {"name": "trainer", "image": "img", "command": ["python3"]}],
+        "volumes": [{"name": "tj-shm", "emptyDir": {}}]}}}));
+    assert!(matches!(
+        build_pod(&j, &plan(), 0),
+        Err(BuildError::VolumeNameTaken(_))
+    ));
+    let j = job(json!({"template": {"spec": {"containers": [
+        {"name": "trainer", "image": "img", "command": ["python3"]}],
+        "initContainers": [{"name": "tj-launcher-install", "image": "x"}]}}}));
+    assert!(matches!(
+        build_pod(&j, &plan(), 0),
+        Err(BuildError::ContainerNameTaken(_))
+    ));
+    assert_eq!(canonical_path("/dev//shm/"), "/dev/shm");
+    assert_eq!(canonical_path("/a/./b/../c"), "/a/c");
 }
