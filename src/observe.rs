@@ -4,7 +4,7 @@
 
 use crate::api::TrainingJob;
 use crate::pods::{trainer_index, ATTEMPT_LABEL, RANK_LABEL};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod, PodStatus};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use launcher::report::{Report, State};
@@ -71,100 +71,21 @@ pub fn view(job: &TrainingJob, pod: &Pod) -> Option<PodView> {
     let (rank, attempt) = (label(RANK_LABEL)?, label(ATTEMPT_LABEL)?);
     let status = pod.status.clone().unwrap_or_default();
     let phase = status.phase.as_deref().unwrap_or("Pending");
-    let trainer_name = job
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .and_then(|s| {
-            trainer_index(&s.containers)
-                .ok()
-                .map(|i| s.containers[i].name.clone())
-        })
-        .or_else(|| {
-            pod.spec
-                .as_ref()
-                .and_then(|s| s.containers.first().map(|c| c.name.clone()))
-        })
-        .unwrap_or_default();
-    let trainer = status
+    let name = trainer_name(job, pod);
+    let state = status
         .container_statuses
         .as_ref()
-        .and_then(|cs| cs.iter().find(|c| c.name == trainer_name));
-    let state = trainer.and_then(|c| c.state.as_ref());
+        .and_then(|cs| cs.iter().find(|c| c.name == name))
+        .and_then(|c| c.state.as_ref());
     let terminated = state.and_then(|s| s.terminated.as_ref());
-    let (report, report_error) = match terminated.and_then(|t| t.message.as_deref()) {
-        Some(m) if !m.trim().is_empty() => match serde_json::from_str::<Report>(m.trim()) {
-            Ok(r) => (Some(r), None),
-            Err(e) => (None, Some(e.to_string())),
-        },
-        _ => (None, None),
-    };
-
-    let disruption = status
-        .conditions
-        .as_ref()
-        .and_then(|cs| {
-            cs.iter()
-                .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")
-        })
-        .map(|c| {
-            (
-                c.reason
-                    .clone()
-                    .unwrap_or_else(|| "DisruptionTarget".into()),
-                c.message.clone().unwrap_or_default(),
-            )
-        });
-    let deleting = pod.metadata.deletion_timestamp.is_some();
-    let kubelet_reason = status
-        .reason
-        .clone()
-        .filter(|r| KUBELET_DISRUPTIONS.contains(&r.as_str()));
-
-    let evidence = disruption.is_some() || kubelet_reason.is_some() || deleting;
+    let (report, report_error) = parse_report(terminated);
+    let cause = Cause::of(pod, &status);
     let outcome = match terminated {
-        Some(t) => Some(match &report {
-            Some(r) if r.state == State::Completed => Outcome::Completed,
-            Some(r) if r.state == State::Signalled => {
-                let message = signalled_text(t.exit_code, r);
-                if evidence {
-                    let (reason, _) =
-                        disrupted(&disruption, &kubelet_reason, status.message.as_deref());
-                    Outcome::Disrupted { reason, message }
-                } else {
-                    Outcome::Stopped {
-                        reason: if r.peer_stop.is_some() {
-                            "PeerStop"
-                        } else {
-                            "SignalWithoutDisruption"
-                        }
-                        .into(),
-                        message,
-                    }
-                }
-            }
-            _ if evidence => {
-                let (reason, message) =
-                    disrupted(&disruption, &kubelet_reason, status.message.as_deref());
-                Outcome::Disrupted { reason, message }
-            }
-            _ if t.exit_code == 0 => Outcome::Completed,
-            _ => Outcome::Failed {
-                exit_code: t.exit_code,
-                reason: t.reason.clone().unwrap_or_else(|| "Error".into()),
-                message: tail(t.message.as_deref().unwrap_or_default(), QUOTE_CHARS),
-            },
-        }),
-        None if disruption.is_some() || kubelet_reason.is_some() => {
-            let (reason, message) =
-                disrupted(&disruption, &kubelet_reason, status.message.as_deref());
+        Some(t) => Some(ended(t, report.as_ref(), &cause, &pod.name_any())),
+        None if cause.any() => {
+            let (reason, message) = cause.describe(&pod.name_any());
             Some(Outcome::Disrupted { reason, message })
         }
-        None if deleting => Some(Outcome::Disrupted {
-            reason: "PodDeleted".into(),
-            message: format!("pod {} was deleted", pod.name_any()),
-        }),
         // Failed with no trainer status: the pod never started its trainer
         // (an init container failed, or admission on the node refused it).
         None if phase == "Failed" => Some(Outcome::Failed {
@@ -179,7 +100,7 @@ pub fn view(job: &TrainingJob, pod: &Pod) -> Option<PodView> {
         rank,
         attempt,
         live: !matches!(phase, "Succeeded" | "Failed"),
-        deleting,
+        deleting: cause.deleting,
         running: state.is_some_and(|s| s.running.is_some()),
         outcome,
         report,
@@ -189,15 +110,123 @@ pub fn view(job: &TrainingJob, pod: &Pod) -> Option<PodView> {
     })
 }
 
-fn disrupted(
-    condition: &Option<(String, String)>,
-    kubelet_reason: &Option<String>,
-    pod_message: Option<&str>,
-) -> (String, String) {
-    match (condition, kubelet_reason) {
-        (Some((reason, message)), _) => (reason.clone(), message.clone()),
-        (None, Some(reason)) => (reason.clone(), pod_message.unwrap_or_default().to_string()),
-        (None, None) => ("PodDeleted".into(), "the pod was deleted".into()),
+/// The trainer container's name: the template's, or the pod's first.
+fn trainer_name(job: &TrainingJob, pod: &Pod) -> String {
+    let from_template = job.spec.template.spec.as_ref().and_then(|s| {
+        trainer_index(&s.containers)
+            .ok()
+            .map(|i| s.containers[i].name.clone())
+    });
+    from_template
+        .or_else(|| {
+            pod.spec
+                .as_ref()?
+                .containers
+                .first()
+                .map(|c| c.name.clone())
+        })
+        .unwrap_or_default()
+}
+
+/// The launcher's report, or why the termination message is not one.
+fn parse_report(t: Option<&ContainerStateTerminated>) -> (Option<Report>, Option<String>) {
+    match t.and_then(|t| t.message.as_deref()).map(str::trim) {
+        Some(m) if !m.is_empty() => match serde_json::from_str::<Report>(m) {
+            Ok(r) => (Some(r), None),
+            Err(e) => (None, Some(e.to_string())),
+        },
+        _ => (None, None),
+    }
+}
+
+/// What the cluster itself says took the pod away.
+struct Cause {
+    /// DisruptionTarget's reason and message.
+    condition: Option<(String, String)>,
+    /// A status.reason the kubelet sets when it ended the pod.
+    kubelet: Option<String>,
+    kubelet_message: Option<String>,
+    deleting: bool,
+}
+
+impl Cause {
+    fn of(pod: &Pod, status: &PodStatus) -> Self {
+        let condition = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+            .map(|c| {
+                let reason = c.reason.clone();
+                (
+                    reason.unwrap_or_else(|| "DisruptionTarget".into()),
+                    c.message.clone().unwrap_or_default(),
+                )
+            });
+        Self {
+            condition,
+            kubelet: status
+                .reason
+                .clone()
+                .filter(|r| KUBELET_DISRUPTIONS.contains(&r.as_str())),
+            kubelet_message: status.message.clone(),
+            deleting: pod.metadata.deletion_timestamp.is_some(),
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.condition.is_some() || self.kubelet.is_some() || self.deleting
+    }
+
+    fn describe(&self, pod: &str) -> (String, String) {
+        match (&self.condition, &self.kubelet) {
+            (Some((reason, message)), _) => (reason.clone(), message.clone()),
+            (None, Some(reason)) => (
+                reason.clone(),
+                self.kubelet_message.clone().unwrap_or_default(),
+            ),
+            (None, None) => ("PodDeleted".into(), format!("pod {pod} was deleted")),
+        }
+    }
+}
+
+/// How a rank ended once its trainer exited. The report is the trainer's
+/// word; only the cluster's own evidence makes a stop a disruption.
+fn ended(
+    t: &ContainerStateTerminated,
+    report: Option<&Report>,
+    cause: &Cause,
+    name: &str,
+) -> Outcome {
+    match report {
+        Some(r) if r.state == State::Completed => Outcome::Completed,
+        Some(r) if r.state == State::Signalled => {
+            let message = signalled_text(t.exit_code, r);
+            if cause.any() {
+                let (reason, _) = cause.describe(name);
+                Outcome::Disrupted { reason, message }
+            } else {
+                let reason = if r.peer_stop.is_some() {
+                    "PeerStop"
+                } else {
+                    "SignalWithoutDisruption"
+                };
+                Outcome::Stopped {
+                    reason: reason.into(),
+                    message,
+                }
+            }
+        }
+        _ if cause.any() => {
+            let (reason, message) = cause.describe(name);
+            Outcome::Disrupted { reason, message }
+        }
+        _ if t.exit_code == 0 => Outcome::Completed,
+        _ => Outcome::Failed {
+            exit_code: t.exit_code,
+            reason: t.reason.clone().unwrap_or_else(|| "Error".into()),
+            message: tail(t.message.as_deref().unwrap_or_default(), QUOTE_CHARS),
+        },
     }
 }
 
