@@ -10,15 +10,21 @@
 //!   size (optionally sha256). Multi-rank saves list every rank's files.
 //! * PyTorch Distributed Checkpoint: any `<prefix>-<N>` / `<prefix>_<N>`
 //!   directory holding `.metadata`, which DCP writes after all ranks' data.
-//! * Hugging Face Trainer: `checkpoint-<N>/` (staged as `tmp-checkpoint-<N>`),
-//!   complete once `trainer_state.json` exists, which the Trainer writes after
-//!   the model and optimizer. Older Trainers wrote in place, and this marker
-//!   covers them too.
+//! * Hugging Face Trainer: `checkpoint-<N>/` (staged as `tmp-checkpoint-<N>`
+//!   by some versions), complete once `trainer_state.json` parses as JSON:
+//!   the Trainer writes it after the model and optimizer, and writes it in
+//!   place, so a save cut short can leave it empty or torn. Transformers'
+//!   JIT checkpointing (`enable_jit_checkpoint`) also puts
+//!   `checkpoint-is-incomplete.txt` into the directory before saving and
+//!   removes it after; while it is there the checkpoint is not complete,
+//!   whatever else the directory holds.
 //!
 //! Temporaries are `*.tmp` and `tmp-checkpoint-*`.
 
 use crate::report::Skipped;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -26,6 +32,8 @@ use std::path::{Path, PathBuf};
 pub const MANIFEST: &str = "MANIFEST.json";
 pub const DCP_METADATA: &str = ".metadata";
 pub const HF_STATE: &str = "trainer_state.json";
+/// Transformers' `trainer_jit_checkpoint.py` sentinel.
+pub const HF_INCOMPLETE: &str = "checkpoint-is-incomplete.txt";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Naming {
@@ -111,6 +119,12 @@ pub fn parse_name(name: &str) -> Option<Name> {
             step,
             naming: Naming::OtherDir,
         })
+}
+
+/// Files whose writing (or, for [`HF_INCOMPLETE`], removal) can make a
+/// checkpoint directory complete.
+pub fn is_marker(file: &str) -> bool {
+    matches!(file, MANIFEST | DCP_METADATA | HF_STATE | HF_INCOMPLETE)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +238,9 @@ pub fn check(c: &Candidate, verify_hashes: bool) -> Verdict {
             Err(e) => Verdict::Bad(format!("unreadable: {e}")),
         };
     }
+    if c.path.join(HF_INCOMPLETE).exists() {
+        return Verdict::Bad(format!("{HF_INCOMPLETE} present: save did not finish"));
+    }
     let manifest = c.path.join(MANIFEST);
     match fs::read(&manifest) {
         Ok(bytes) => return check_manifest(&c.path, c.step, &bytes, verify_hashes),
@@ -236,12 +253,31 @@ pub fn check(c: &Candidate, verify_hashes: bool) -> Verdict {
         return Verdict::Complete;
     }
     match c.naming {
-        Naming::HfDir if c.path.join(HF_STATE).is_file() => Verdict::Complete,
-        Naming::HfDir => Verdict::Bad(format!("no {HF_STATE}: save did not finish")),
+        Naming::HfDir => check_hf_state(&c.path.join(HF_STATE)),
         Naming::StepDir => Verdict::Bad(format!(
             "no {MANIFEST} (or DCP {DCP_METADATA}): save did not finish"
         )),
         Naming::OtherDir | Naming::StepFile => Verdict::NotCheckpoint,
+    }
+}
+
+/// The Trainer writes `trainer_state.json` last and in place: only a whole
+/// JSON object means it finished. Values are skipped, not kept: its log
+/// history can be large.
+fn check_hf_state(p: &Path) -> Verdict {
+    let f = match fs::File::open(p) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Verdict::Bad(format!("no {HF_STATE}: save did not finish"))
+        }
+        Err(e) => return Verdict::Bad(format!("{HF_STATE} unreadable: {e}")),
+    };
+    let r = io::BufReader::new(f);
+    match serde_json::from_reader::<_, HashMap<String, IgnoredAny>>(r) {
+        Ok(_) => Verdict::Complete,
+        Err(e) => Verdict::Bad(format!(
+            "{HF_STATE} is not a whole JSON object ({e}): save did not finish"
+        )),
     }
 }
 
@@ -503,6 +539,34 @@ mod tests {
         assert!(matches!(check(&cand, true), Verdict::Bad(_)));
         write("{not json");
         assert!(matches!(check(&cand, true), Verdict::Bad(r) if r.contains("not valid")));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn hf_checkpoint_is_complete_only_with_whole_trainer_state_and_no_sentinel() {
+        let d = tempdir("hf");
+        let c = d.join("checkpoint-50");
+        fs::create_dir(&c).unwrap();
+        let cand = Candidate {
+            step: 50,
+            naming: Naming::HfDir,
+            path: c.clone(),
+            is_dir: true,
+        };
+        let bad = |why: &str| matches!(check(&cand, false), Verdict::Bad(r) if r.contains(why));
+        assert!(bad("no trainer_state.json"));
+        for torn in ["", "{\"global_step\": 50, \"log_hist", "[]", "0", "{} {"] {
+            fs::write(c.join(HF_STATE), torn).unwrap();
+            assert!(bad("not a whole JSON object"), "{torn:?} passed");
+        }
+        fs::write(
+            c.join(HF_STATE),
+            r#"{"global_step": 50, "log_history": [{"loss": 1.5}]} "#,
+        )
+        .unwrap();
+        assert_eq!(check(&cand, false), Verdict::Complete);
+        fs::write(c.join(HF_INCOMPLETE), "Checkpoint started at step 50").unwrap();
+        assert!(bad(HF_INCOMPLETE));
         fs::remove_dir_all(&d).unwrap();
     }
 

@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 pub const USAGE: &str = "\
-usage: launcher run [--checkpoint-dir DIR] [--report PATH] [--shm-dir DIR] [--probe] -- COMMAND...
+usage: launcher run [FLAGS] [--] COMMAND...
        launcher install DEST
 
 Runs COMMAND as the trainer: forwards SIGTERM/SIGINT/SIGUSR1/SIGUSR2/SIGHUP to it,
@@ -14,26 +14,42 @@ report to the termination-message path. See docs/checkpoint-contract.md.
 `install` copies this binary to DEST (the operator's init container uses it
 to put the launcher into a volume the trainer container shares).
 
-flags (and the environment variables they override):
-  --checkpoint-dir DIR  TJ_CHECKPOINT_DIR  where the trainer saves checkpoints
-  --report PATH         TJ_REPORT_PATH     default /dev/termination-log
-  --shm-dir DIR         TJ_SHM_DIR         default /dev/shm
-  --probe               TJ_PROBE=1         measure the checkpoint volume's write speed
-also read: TJ_GRACE_SECONDS (default 30), TJ_ATTEMPT, TJ_RANK, TJ_PROBE_BYTES
-(default 67108864), TJ_VERIFY_HASHES (default 1)
+flags (each wins over the environment variable beside it):
+  --checkpoint-dir DIR          TJ_CHECKPOINT_DIR        where the trainer saves checkpoints
+  --report PATH                 TJ_REPORT_PATH           default /dev/termination-log
+  --report-max-bytes B          TJ_REPORT_MAX_BYTES      report size bound, 64..4096, default 4096
+  --grace-seconds N             TJ_GRACE_SECONDS         seconds from SIGTERM to SIGKILL, default 30
+  --attempt A                   TJ_ATTEMPT               attempt number, for the report
+  --rank R                      TJ_RANK                  rank, default 0 (lock file, cleanup)
+  --lock-timeout-seconds S      TJ_LOCK_TIMEOUT_SECONDS  wait for the rank's lock, default 120
+  --shm-dir DIR                 TJ_SHM_DIR               default /dev/shm
+  --probe                       TJ_PROBE=1               measure the checkpoint volume's write speed
+also read: TJ_PROBE_BYTES (default 67108864), TJ_VERIFY_HASHES (default 1)
 exported to COMMAND: TJ_RESUME_PATH, TJ_RESUME_STEP, TJ_CHECKPOINT_DIR,
-TJ_GRACE_SECONDS, TJ_DEADLINE_SECONDS, TJ_DEADLINE_FILE, TJ_PROGRESS_FILE";
+TJ_GRACE_SECONDS, TJ_DEADLINE_SECONDS, TJ_DEADLINE_FILE, TJ_PROGRESS_FILE
+exit status: the trainer's (128+N if killed by signal N); 2 usage error;
+75 the rank's lock stayed held for --lock-timeout-seconds (a trainer of an
+earlier attempt is still alive); 126/127 COMMAND could not be started";
+
+/// The kubelet never reads more than this much of one container's
+/// termination message, whatever budget the operator passes.
+pub const REPORT_MAX_BYTES_CEILING: usize = crate::report::MAX_REPORT_BYTES;
+/// The smallest budget a report still fits in (`version`, `state` and the
+/// `truncated` mark).
+pub const REPORT_MAX_BYTES_FLOOR: usize = 64;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub checkpoint_dir: Option<PathBuf>,
     pub report_path: PathBuf,
+    pub report_max_bytes: usize,
     pub shm_dir: PathBuf,
     pub probe: bool,
     pub probe_bytes: u64,
     pub grace_seconds: f64,
     pub attempt: Option<u32>,
     pub rank: Option<u32>,
+    pub lock_timeout_seconds: f64,
     pub verify_hashes: bool,
     pub command: Vec<OsString>,
 }
@@ -59,6 +75,87 @@ fn truthy(v: &str) -> bool {
     matches!(v.trim(), "1" | "true" | "yes" | "on")
 }
 
+fn seconds(what: &str, v: &str) -> Result<f64, String> {
+    v.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|g| g.is_finite() && *g >= 0.0)
+        .ok_or_else(|| format!("{what}={v:?} is not a number of seconds"))
+}
+
+fn number<T: std::str::FromStr>(what: &str, v: &str) -> Result<T, String> {
+    v.trim()
+        .parse()
+        .map_err(|_| format!("{what}={v:?} is not a whole number"))
+}
+
+fn report_bytes(what: &str, v: &str) -> Result<usize, String> {
+    let b: usize = number(what, v)?;
+    if b < REPORT_MAX_BYTES_FLOOR {
+        return Err(format!(
+            "{what}={b} is below {REPORT_MAX_BYTES_FLOOR}, too small for any report"
+        ));
+    }
+    Ok(b.min(REPORT_MAX_BYTES_CEILING))
+}
+
+/// The configuration the environment alone gives.
+fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
+    let nonempty = |k: &str| env(k).filter(|v| !v.is_empty());
+    let mut cfg = Config {
+        checkpoint_dir: nonempty("TJ_CHECKPOINT_DIR").map(PathBuf::from),
+        report_path: PathBuf::from(
+            nonempty("TJ_REPORT_PATH").unwrap_or_else(|| "/dev/termination-log".into()),
+        ),
+        report_max_bytes: crate::report::MAX_REPORT_BYTES,
+        shm_dir: PathBuf::from(nonempty("TJ_SHM_DIR").unwrap_or_else(|| "/dev/shm".into())),
+        probe: nonempty("TJ_PROBE").is_some_and(|v| truthy(&v)),
+        probe_bytes: 64 << 20,
+        grace_seconds: 30.0,
+        // Attempt and rank from the environment are informational: a
+        // malformed value must not stop training, so it is ignored rather
+        // than rejected. The operator passes them as flags.
+        attempt: nonempty("TJ_ATTEMPT").and_then(|v| v.trim().parse().ok()),
+        rank: nonempty("TJ_RANK").and_then(|v| v.trim().parse().ok()),
+        lock_timeout_seconds: 120.0,
+        verify_hashes: nonempty("TJ_VERIFY_HASHES").is_none_or(|v| truthy(&v)),
+        command: Vec::new(),
+    };
+    if let Some(v) = nonempty("TJ_PROBE_BYTES") {
+        cfg.probe_bytes = v
+            .trim()
+            .parse()
+            .map_err(|_| format!("TJ_PROBE_BYTES={v:?} is not a byte count"))?;
+    }
+    if let Some(v) = nonempty("TJ_GRACE_SECONDS") {
+        cfg.grace_seconds = seconds("TJ_GRACE_SECONDS", &v)?;
+    }
+    if let Some(v) = nonempty("TJ_REPORT_MAX_BYTES") {
+        cfg.report_max_bytes = report_bytes("TJ_REPORT_MAX_BYTES", &v)?;
+    }
+    if let Some(v) = nonempty("TJ_LOCK_TIMEOUT_SECONDS") {
+        cfg.lock_timeout_seconds = seconds("TJ_LOCK_TIMEOUT_SECONDS", &v)?;
+    }
+    Ok(cfg)
+}
+
+/// Applies one flag that takes a value.
+fn apply(cfg: &mut Config, flag: &str, v: OsString) -> Result<(), String> {
+    let s = v.to_string_lossy();
+    match flag {
+        "--checkpoint-dir" => cfg.checkpoint_dir = Some(v.into()),
+        "--report" => cfg.report_path = v.into(),
+        "--report-max-bytes" => cfg.report_max_bytes = report_bytes(flag, &s)?,
+        "--shm-dir" => cfg.shm_dir = v.into(),
+        "--grace-seconds" => cfg.grace_seconds = seconds(flag, &s)?,
+        "--attempt" => cfg.attempt = Some(number(flag, &s)?),
+        "--rank" => cfg.rank = Some(number(flag, &s)?),
+        "--lock-timeout-seconds" => cfg.lock_timeout_seconds = seconds(flag, &s)?,
+        _ => return Err(format!("unknown flag {flag}")),
+    }
+    Ok(())
+}
+
 /// `args` excludes the program name.
 pub fn parse(args: &[OsString], env: impl Fn(&str) -> Option<String>) -> Result<Parsed, String> {
     let mut it = args.iter();
@@ -73,40 +170,7 @@ pub fn parse(args: &[OsString], env: impl Fn(&str) -> Option<String>) -> Result<
         Some("-h" | "--help" | "help") | None => return Ok(Parsed::Help),
         Some(other) => return Err(format!("unknown subcommand {other:?}")),
     }
-    let nonempty = |k: &str| env(k).filter(|v| !v.is_empty());
-    let mut cfg = Config {
-        checkpoint_dir: nonempty("TJ_CHECKPOINT_DIR").map(PathBuf::from),
-        report_path: PathBuf::from(
-            nonempty("TJ_REPORT_PATH").unwrap_or_else(|| "/dev/termination-log".into()),
-        ),
-        shm_dir: PathBuf::from(nonempty("TJ_SHM_DIR").unwrap_or_else(|| "/dev/shm".into())),
-        probe: nonempty("TJ_PROBE").is_some_and(|v| truthy(&v)),
-        probe_bytes: 64 << 20,
-        grace_seconds: 30.0,
-        attempt: None,
-        rank: None,
-        verify_hashes: nonempty("TJ_VERIFY_HASHES").is_none_or(|v| truthy(&v)),
-        command: Vec::new(),
-    };
-    if let Some(v) = nonempty("TJ_PROBE_BYTES") {
-        cfg.probe_bytes = v
-            .trim()
-            .parse()
-            .map_err(|_| format!("TJ_PROBE_BYTES={v:?} is not a byte count"))?;
-    }
-    if let Some(v) = nonempty("TJ_GRACE_SECONDS") {
-        cfg.grace_seconds = v
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|g| g.is_finite() && *g >= 0.0)
-            .ok_or_else(|| format!("TJ_GRACE_SECONDS={v:?} is not a number of seconds"))?;
-    }
-    // Attempt and rank are informational: a malformed value must not stop
-    // training, so it is ignored rather than rejected.
-    cfg.attempt = nonempty("TJ_ATTEMPT").and_then(|v| v.trim().parse().ok());
-    cfg.rank = nonempty("TJ_RANK").and_then(|v| v.trim().parse().ok());
-
+    let mut cfg = from_env(env)?;
     let rest: Vec<&OsString> = it.collect();
     let mut i = 0;
     while i < rest.len() {
@@ -118,26 +182,15 @@ pub fn parse(args: &[OsString], env: impl Fn(&str) -> Option<String>) -> Result<
         if !a.starts_with("--") {
             break;
         }
-        let (flag, inline) = match a.split_once('=') {
-            Some((f, v)) => (f.to_string(), Some(v.to_string())),
-            None => (a.to_string(), None),
-        };
-        let mut value = || -> Result<OsString, String> {
-            if let Some(v) = &inline {
-                return Ok(v.into());
+        match (a.split_once('='), a.as_ref()) {
+            (_, "--help") => return Ok(Parsed::Help),
+            (None, "--probe") => cfg.probe = true,
+            (Some((flag, v)), _) => apply(&mut cfg, flag, v.into())?,
+            (None, flag) => {
+                i += 1;
+                let v = rest.get(i).ok_or_else(|| format!("{flag} needs a value"))?;
+                apply(&mut cfg, flag, (*v).clone())?;
             }
-            i += 1;
-            rest.get(i)
-                .map(|v| (*v).clone())
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
-        match flag.as_str() {
-            "--checkpoint-dir" => cfg.checkpoint_dir = Some(value()?.into()),
-            "--report" => cfg.report_path = value()?.into(),
-            "--shm-dir" => cfg.shm_dir = value()?.into(),
-            "--probe" if inline.is_none() => cfg.probe = true,
-            "--help" => return Ok(Parsed::Help),
-            _ => return Err(format!("unknown flag {a}")),
         }
         i += 1;
     }
@@ -229,6 +282,64 @@ mod tests {
         assert!(!c.cleans_temporaries());
         // Flags after the command belong to the command.
         assert_eq!(c.command, args(&["x", "--probe"]));
+    }
+
+    #[test]
+    fn operator_flags_win_over_the_templates_env() {
+        // A template that sets these must not turn the report or the fence off.
+        let env = [
+            ("TJ_REPORT_PATH", "/dev/null"),
+            ("TJ_REPORT_MAX_BYTES", "100"),
+            ("TJ_GRACE_SECONDS", "5"),
+            ("TJ_ATTEMPT", "9"),
+            ("TJ_RANK", "9"),
+            ("TJ_LOCK_TIMEOUT_SECONDS", "1"),
+        ];
+        let c = run(
+            &[
+                "run",
+                "--checkpoint-dir",
+                "/ck",
+                "--report",
+                "/dev/termination-log",
+                "--grace-seconds",
+                "42.5",
+                "--attempt=3",
+                "--rank",
+                "1",
+                "--report-max-bytes",
+                "1024",
+                "--lock-timeout-seconds",
+                "7",
+                "--",
+                "python3",
+            ],
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.report_path, PathBuf::from("/dev/termination-log"));
+        assert_eq!(c.report_max_bytes, 1024);
+        assert_eq!(c.grace_seconds, 42.5);
+        assert_eq!((c.attempt, c.rank), (Some(3), Some(1)));
+        assert_eq!(c.lock_timeout_seconds, 7.0);
+
+        let c = run(&["run", "--", "x"], &env).unwrap();
+        assert_eq!(c.report_max_bytes, 100);
+        assert_eq!(c.lock_timeout_seconds, 1.0);
+        let c = run(&["run", "--", "x"], &[]).unwrap();
+        assert_eq!((c.report_max_bytes, c.lock_timeout_seconds), (4096, 120.0));
+    }
+
+    #[test]
+    fn report_budget_bounds() {
+        // The kubelet reads at most 4 KiB of one container's message.
+        let c = run(&["run", "--report-max-bytes", "12288", "--", "x"], &[]).unwrap();
+        assert_eq!(c.report_max_bytes, 4096);
+        assert!(run(&["run", "--report-max-bytes", "63", "--", "x"], &[]).is_err());
+        assert!(run(&["run", "--report-max-bytes", "4k", "--", "x"], &[]).is_err());
+        assert!(run(&["run", "--rank", "-1", "--", "x"], &[]).is_err());
+        assert!(run(&["run", "--grace-seconds", "soon", "--", "x"], &[]).is_err());
+        assert!(run(&["run", "--attempt", "--", "x"], &[]).is_err());
     }
 
     #[test]

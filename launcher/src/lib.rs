@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod cli;
+pub mod fence;
 pub mod forward;
 pub mod install;
 pub mod report;

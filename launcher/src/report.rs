@@ -7,8 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The kubelet reads at most this many bytes of a termination message (and the
-/// last ones if the file is longer), so a longer report would be cut mid-JSON.
+/// The kubelet reads at most this many bytes of one container's termination
+/// message, so a longer report would be cut mid-JSON. It also shares 12 KiB
+/// among all containers of a pod: the operator passes the smaller budget that
+/// leaves (`--report-max-bytes`), and [`Report::to_json_within`] obeys it.
 pub const MAX_REPORT_BYTES: usize = 4096;
 
 pub const REPORT_VERSION: u32 = 1;
@@ -75,6 +77,35 @@ pub struct Report {
     /// the essentials were kept.
     #[serde(default, skip_serializing_if = "is_false")]
     pub truncated: bool,
+    /// Present once a stop signal reached the launcher: `false` when the
+    /// trainer was still running at its deadline, shortly before the
+    /// kubelet's SIGKILL (the report written then says so, with `lastStep`,
+    /// and the SIGKILL leaves it in place); `true` once it has exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal_honoured: Option<bool>,
+    /// Seconds the launcher waited for its rank's fencing lock, i.e. for the
+    /// trainer of an earlier attempt to be gone (0 when it was free).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_wait_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<LockState>,
+}
+
+/// The rank's fencing lock (`<checkpoint dir>/.tj/rank-<R>.lock`).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum LockState {
+    /// Held by another process (a trainer of an earlier attempt); the
+    /// trainer has not been started.
+    Waiting,
+    /// Held by this launcher and its trainer.
+    Held,
+    /// Still held by another process after the lock timeout; the launcher
+    /// exited with status 75 without starting the trainer.
+    TimedOut,
+    /// The filesystem refused the lock (no flock support, read-only): the
+    /// trainer runs unfenced.
+    Unavailable,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -166,13 +197,22 @@ impl Report {
         }
     }
 
-    /// Serialises the report so that it is valid JSON of at most
-    /// [`MAX_REPORT_BYTES`], whatever the lengths of the paths in it. Paths
-    /// keep their tail, because the step is encoded at the end of the name.
+    /// [`Report::to_json_within`] the kubelet's per-container maximum.
     pub fn to_bounded_json(&self) -> Vec<u8> {
+        self.to_json_within(MAX_REPORT_BYTES)
+    }
+
+    /// Serialises the report so that it is valid JSON of at most `max`
+    /// bytes (never cut mid-document), whatever the lengths of the paths in
+    /// it. It shrinks in steps, stopping at the first that fits: the
+    /// `skipped` list first, then paths (keeping their tail, where the step
+    /// is), then the optional sections, and last everything but what the
+    /// operator decides on. `max` below 64 is raised to 64.
+    pub fn to_json_within(&self, max: usize) -> Vec<u8> {
+        let max = max.max(64);
         let fits = |r: &Report| {
             let v = serde_json::to_vec(r).expect("report serialises");
-            (v.len() <= MAX_REPORT_BYTES).then_some(v)
+            (v.len() <= max).then_some(v)
         };
         if let Some(v) = fits(self) {
             return v;
@@ -183,27 +223,7 @@ impl Report {
             truncate_head(&mut s.reason, 200);
         }
         r.truncate_paths(1024);
-        // Keep as many skipped entries as fit (the newest checkpoints come
-        // first), counting what was dropped so the reader knows. Sized entry by
-        // entry rather than by re-serialising after each drop: the list can be
-        // long.
-        let all = std::mem::take(&mut r.skipped);
-        let total = all.len() as u32 + r.skipped_omitted;
-        r.skipped_omitted = total;
-        let base =
-            serde_json::to_vec(&r).expect("report serialises").len() + r#","skipped":[]"#.len();
-        let mut used = base;
-        let mut keep = 0;
-        for s in &all {
-            let n = serde_json::to_vec(s).expect("entry serialises").len() + 1;
-            if used + n > MAX_REPORT_BYTES {
-                break;
-            }
-            used += n;
-            keep += 1;
-        }
-        r.skipped = all.into_iter().take(keep).collect();
-        r.skipped_omitted = total - keep as u32;
+        r.keep_skipped_that_fit(max);
         loop {
             if let Some(v) = fits(&r) {
                 return v;
@@ -213,32 +233,72 @@ impl Report {
             }
             r.skipped_omitted += 1;
         }
-        for limit in [256, 64] {
-            r.truncate_paths(limit);
+        type Shrink = fn(&mut Report);
+        let steps: [Shrink; 7] = [
+            |r| r.truncate_paths(256),
+            |r| r.truncate_paths(64),
+            |r| {
+                r.probe = None;
+                r.cleaned = None;
+                r.resumed_from = None;
+            },
+            |r| r.truncate_paths(24),
+            |r| {
+                r.truncated = true;
+                r.saves = None;
+                r.last_checkpoint = None;
+                r.signal_to_exit_seconds = None;
+                r.lock = None;
+                r.lock_wait_seconds = None;
+            },
+            |r| {
+                r.signal = None;
+                r.peer_stop = None;
+                r.attempt = None;
+                r.term_signal = None;
+            },
+            |r| {
+                *r = Report {
+                    version: r.version,
+                    state: r.state,
+                    truncated: true,
+                    ..Default::default()
+                }
+            },
+        ];
+        for shrink in steps {
+            shrink(&mut r);
             if let Some(v) = fits(&r) {
                 return v;
             }
         }
-        // Only reachable if a string escapes to something enormous (control
-        // characters become \uXXXX); keep what the operator decides on.
-        let minimal = Report {
-            version: r.version,
-            state: r.state,
-            exit_code: r.exit_code,
-            term_signal: r.term_signal.clone(),
-            signal: r.signal.clone(),
-            signal_to_exit_seconds: r.signal_to_exit_seconds,
-            last_step: r.last_step,
-            peer_stop: r.peer_stop.clone(),
-            attempt: r.attempt,
-            truncated: true,
-            ..Default::default()
-        };
-        serde_json::to_vec(&minimal).expect("minimal report serialises")
+        // The last step leaves under 64 bytes of fixed-width content.
+        serde_json::to_vec(&r).expect("minimal report serialises")
     }
-}
 
-impl Report {
+    /// Keeps as many `skipped` entries as fit (the newest checkpoints come
+    /// first), counting the rest in `skippedOmitted`. Sized entry by entry
+    /// rather than by re-serialising after each drop: the list can be long.
+    fn keep_skipped_that_fit(&mut self, max: usize) {
+        let all = std::mem::take(&mut self.skipped);
+        let total = all.len() as u32 + self.skipped_omitted;
+        self.skipped_omitted = total;
+        let base =
+            serde_json::to_vec(&*self).expect("report serialises").len() + r#","skipped":[]"#.len();
+        let mut used = base;
+        let mut keep = 0;
+        for s in &all {
+            let n = serde_json::to_vec(s).expect("entry serialises").len() + 1;
+            if used + n > max {
+                break;
+            }
+            used += n;
+            keep += 1;
+        }
+        self.skipped = all.into_iter().take(keep).collect();
+        self.skipped_omitted = total - keep as u32;
+    }
+
     fn truncate_paths(&mut self, limit: usize) {
         if let Some(c) = self.resumed_from.as_mut() {
             truncate_head(&mut c.path, limit);
@@ -254,6 +314,10 @@ impl Report {
         }
         if let Some(p) = self.peer_stop.as_mut() {
             truncate_head(&mut p.signal, limit);
+        }
+        for s in &mut self.skipped {
+            truncate_head(&mut s.path, limit);
+            truncate_head(&mut s.reason, limit);
         }
     }
 }
@@ -348,7 +412,38 @@ mod tests {
                 rank: 1,
                 signal: "SIGTERM".into(),
             }),
+            signal_honoured: Some(false),
+            lock_wait_seconds: Some(3.25),
+            lock: Some(LockState::Held),
             ..Report::new(Some(7))
+        }
+    }
+
+    #[test]
+    fn report_fits_any_budget_and_keeps_what_the_operator_needs() {
+        for max in [64, 100, 200, 512, 1024, 3072, 4096] {
+            for (path_len, skipped) in [(10, 0), (10, 40), (3000, 5), (100_000, 1)] {
+                let r = full_report(path_len, skipped);
+                let v = r.to_json_within(max);
+                let what = format!("budget {max}, path {path_len}, skipped {skipped}");
+                assert!(v.len() <= max, "{what}: {} bytes", v.len());
+                let back: Report = serde_json::from_slice(&v).expect(&what);
+                assert_eq!(back.state, State::Signalled, "{what}");
+                if max >= 200 {
+                    assert_eq!(back.last_step, Some(125), "{what}");
+                    assert_eq!(back.signal_honoured, Some(false), "{what}");
+                }
+                if max >= 512 {
+                    let last = back.last_checkpoint.as_ref().expect(&what);
+                    assert!(last.path.ends_with("/step-123"), "{what}: {}", last.path);
+                    assert_eq!(back.saves.as_ref().unwrap().p95_seconds, Some(22.0));
+                    assert_eq!(back.lock_wait_seconds, Some(3.25), "{what}");
+                }
+                // Optional lists go before anything else.
+                if back.saves.is_none() {
+                    assert!(back.skipped.is_empty() && back.truncated, "{what}");
+                }
+            }
         }
     }
 
@@ -434,12 +529,20 @@ mod tests {
             "attempt",
             "lastStep",
             "peerStop",
+            "signalHonoured",
+            "lockWaitSeconds",
+            "lock",
         ] {
             assert!(v.get(k).is_some(), "missing {k}: {v}");
         }
         assert_eq!(v["state"], "signalled");
         assert_eq!(v["signal"]["atUnixMs"], 1_700_000_000_000u64);
         assert!(v["saves"]["p95Seconds"].is_number());
+        assert_eq!(v["lock"], "held");
+        assert_eq!(
+            serde_json::to_value(LockState::TimedOut).unwrap(),
+            "timedOut"
+        );
     }
 
     #[test]

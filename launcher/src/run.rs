@@ -5,19 +5,20 @@
 
 use crate::checkpoint::{self, Candidate, Name, Verdict};
 use crate::cli::Config;
+use crate::fence::{self, Fence};
 use crate::forward;
 use crate::report::{
-    CheckpointRef, Cleaned, LastCheckpoint, PeerStop, Probe, Report, SignalInfo, State,
+    CheckpointRef, Cleaned, LastCheckpoint, LockState, PeerStop, Probe, Report, SignalInfo, State,
 };
 use crate::reportfile::ReportFile;
-use crate::saves::{round6, Action, Stats, Tracker};
+use crate::saves::{round6, Action, Inside, Stats, Tracker};
 use crate::sys::{self, Exit, Inotify};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -32,6 +33,13 @@ const DEADLINE_RESERVE_SECONDS: f64 = 1.0;
 /// stop signal, a save starting or ending) read at once, and this bounds the
 /// rest at the price of one small tmpfs read a second.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// How often a launcher waiting for its rank's lock tries again: the wait is
+/// for a process to die, and a tenth of a second is nothing beside a pod start.
+const LOCK_POLL: Duration = Duration::from_millis(100);
+
+/// How often the wait for the lock is logged and published.
+const LOCK_NOTE_EVERY: Duration = Duration::from_secs(10);
 
 /// What the trainer writes to `TJ_PROGRESS_FILE` (tjckpt's `step_done`).
 #[derive(Deserialize)]
@@ -53,6 +61,8 @@ struct Supervisor {
     stats: Stats,
     tracker: Tracker,
     signal_at: Option<Instant>,
+    /// The signal-ignored report has been written.
+    ignored_reported: bool,
     deadline_file: PathBuf,
     progress_file: PathBuf,
     progress_read_at: Option<Instant>,
@@ -60,7 +70,7 @@ struct Supervisor {
 
 impl Supervisor {
     fn publish(&mut self) {
-        let bytes = self.report.to_bounded_json();
+        let bytes = self.report.to_json_within(self.cfg.report_max_bytes);
         self.out.write(&bytes);
     }
 
@@ -97,6 +107,13 @@ impl Supervisor {
         before != (self.report.last_step, self.report.peer_stop.clone())
     }
 
+    /// `path` is complete now: a `skipped` entry from before it was
+    /// rewritten no longer describes it.
+    fn completed(&mut self, path: &Path) {
+        let p = path.to_string_lossy();
+        self.report.skipped.retain(|s| s.path != p);
+    }
+
     fn set_last_checkpoint(&mut self, step: u64, path: &Path, bytes: u64, at_unix_ms: u64) {
         if self
             .report
@@ -128,32 +145,115 @@ pub fn run(cfg: Config) -> i32 {
     if let Err(e) = sys::set_child_subreaper() {
         log!("PR_SET_CHILD_SUBREAPER failed ({e}); orphans will not be reaped unless PID 1");
     }
-    let deadline_file = cfg
-        .shm_dir
-        .join(format!("tj-deadline-{}", std::process::id()));
-    // Same pid as a launcher before us in this /dev/shm (PID 1 in every
-    // container): its trainer's steps are not ours.
-    let progress_file = cfg
-        .shm_dir
-        .join(format!("tj-progress-{}", std::process::id()));
-    let _ = fs::remove_file(&progress_file);
-    let mut sv = Supervisor {
-        report: Report::new(cfg.attempt),
-        out: ReportFile::new(cfg.report_path.clone()),
-        stats: Stats::default(),
-        tracker: Tracker::default(),
-        signal_at: None,
-        deadline_file,
-        progress_file,
-        progress_read_at: None,
-        cfg,
+    let mut sv = Supervisor::new(cfg);
+    // Before anything touches the checkpoint directory: a trainer of an
+    // earlier attempt may still be writing into it, and rank 0 deletes
+    // temporaries.
+    let fence = match acquire_fence(&mut sv, &sfd) {
+        Ok(f) => f,
+        Err(status) => return status,
     };
+    let resume = prepare(&mut sv);
+    // A stop signal that arrived while we prepared: the pod is going away, so
+    // do not start a trainer only to interrupt it.
+    if let Some(s) = pending_stop(&sfd) {
+        return stopped_before_start(&mut sv, s);
+    }
+    let child_pid = match spawn(&mut sv, resume.as_ref(), fence.as_ref()) {
+        Ok(pid) => pid,
+        Err(status) => return status,
+    };
+    let exit = supervise(&mut sv, &sfd, child_pid);
+    let status = finish(&mut sv, exit);
+    // Held to the end, though the trainer's inherited copy is what counts.
+    drop(fence);
+    status
+}
 
+impl Supervisor {
+    fn new(cfg: Config) -> Supervisor {
+        let deadline_file = cfg
+            .shm_dir
+            .join(format!("tj-deadline-{}", std::process::id()));
+        // Same pid as a launcher before us in this /dev/shm (PID 1 in every
+        // container): its trainer's steps are not ours.
+        let progress_file = cfg
+            .shm_dir
+            .join(format!("tj-progress-{}", std::process::id()));
+        let _ = fs::remove_file(&progress_file);
+        Supervisor {
+            report: Report::new(cfg.attempt),
+            out: ReportFile::new(cfg.report_path.clone()),
+            stats: Stats::default(),
+            tracker: Tracker::default(),
+            signal_at: None,
+            ignored_reported: false,
+            deadline_file,
+            progress_file,
+            progress_read_at: None,
+            cfg,
+        }
+    }
+
+    /// When, after the stop signal, a trainer that is still running counts
+    /// as not honouring it: at its own deadline (grace less the second kept
+    /// for the launcher), or at 90% of a grace period under ten seconds, so
+    /// that the report is in place before the kubelet's SIGKILL.
+    fn honour_by(&self) -> Option<Instant> {
+        let g = self.cfg.grace_seconds;
+        let margin = DEADLINE_RESERVE_SECONDS.min(g * 0.1);
+        self.signal_at
+            .map(|t| t + Duration::from_secs_f64((g - margin).max(0.0)))
+    }
+
+    /// Says in the report, before the SIGKILL can, that the trainer did not
+    /// stop in time and which step it had reached.
+    fn check_signal_ignored(&mut self) {
+        if self.ignored_reported || self.honour_by().is_none_or(|t| Instant::now() < t) {
+            return;
+        }
+        self.ignored_reported = true;
+        self.refresh_progress(true);
+        self.report.state = State::Signalled;
+        self.report.signal_honoured = Some(false);
+        self.publish();
+        let saved = self.report.last_checkpoint.as_ref().map(|c| c.step);
+        log!(
+            "the trainer is still running {:.1}s after {}, close to the {}s grace period: \
+             it did not honour the signal; last step {}, last checkpoint {}",
+            self.signal_at.map_or(0.0, |t| t.elapsed().as_secs_f64()),
+            self.report
+                .signal
+                .as_ref()
+                .map_or("the signal", |s| s.name.as_str()),
+            fmt_seconds(self.cfg.grace_seconds),
+            self.report
+                .last_step
+                .map_or("unknown".into(), |s| s.to_string()),
+            saved.map_or("none".into(), |s| s.to_string()),
+        );
+    }
+
+    /// How long poll may sleep: progress is read every [`PROGRESS_EVERY`],
+    /// and the signal-ignored report must not be late.
+    fn poll_timeout_ms(&self) -> i32 {
+        let mut t = PROGRESS_EVERY;
+        if let (false, Some(at)) = (self.ignored_reported, self.honour_by()) {
+            t = t.min(at.saturating_duration_since(Instant::now()));
+        }
+        // Rounded up, so a wake-up is never a few microseconds early.
+        t.as_micros().div_ceil(1000) as i32
+    }
+}
+
+/// Cleans and resolves the checkpoint directory, cleans /dev/shm, probes.
+/// Returns the checkpoint to resume from.
+fn prepare(sv: &mut Supervisor) -> Option<Candidate> {
     let resume = sv
         .cfg
         .checkpoint_dir
         .clone()
-        .and_then(|d| prepare_checkpoints(&mut sv, &d));
+        .and_then(|d| prepare_checkpoints(sv, &d));
     let shm_removed = match crate::shm::clean(&sv.cfg.shm_dir) {
         Ok(n) => n,
         Err(e) => {
@@ -175,60 +275,155 @@ pub fn run(cfg: Config) -> i32 {
     if *cleaned == Cleaned::default() {
         sv.report.cleaned = None;
     }
-    if sv.cfg.probe {
-        if let Some(dir) = sv.cfg.checkpoint_dir.clone() {
-            match probe(&dir, sv.cfg.probe_bytes) {
-                Ok(p) => {
-                    log!(
-                        "probe: {} bytes in {:.3}s ({:.0} MB/s)",
-                        p.bytes,
-                        p.seconds,
-                        p.bytes_per_second / 1e6
-                    );
-                    sv.report.probe = Some(p);
-                }
-                Err(e) => log!("probe of {} failed: {e}", dir.display()),
+    if let (true, Some(dir)) = (sv.cfg.probe, sv.cfg.checkpoint_dir.clone()) {
+        match probe(&dir, sv.cfg.probe_bytes) {
+            Ok(p) => {
+                log!(
+                    "probe: {} bytes in {:.3}s ({:.0} MB/s)",
+                    p.bytes,
+                    p.seconds,
+                    p.bytes_per_second / 1e6
+                );
+                sv.report.probe = Some(p);
+            }
+            Err(e) => log!("probe of {} failed: {e}", dir.display()),
+        }
+    }
+    resume
+}
+
+/// The first stop signal waiting on the signalfd, if any; others are dropped
+/// (there is no trainer yet to pass them to).
+fn pending_stop(sfd: &OwnedFd) -> Option<i32> {
+    sys::read_signals(sfd)
+        .ok()?
+        .into_iter()
+        .map(|s| s.signo)
+        .find(|&s| sys::is_stop_signal(s))
+}
+
+fn stopped_before_start(sv: &mut Supervisor, sig: i32) -> i32 {
+    sv.report.signal = Some(SignalInfo {
+        name: sys::signal_name(sig),
+        at_unix_ms: sys::now_unix_ms(),
+    });
+    sv.report.state = State::Signalled;
+    sv.report.exit_code = Some(128 + sig);
+    sv.publish();
+    log!(
+        "{} before the trainer started; not starting it",
+        sys::signal_name(sig)
+    );
+    128 + sig
+}
+
+/// Takes this rank's fencing lock (see `fence`), waiting for it at most the
+/// lock timeout. `Err` carries the exit status when the launcher must exit
+/// without starting the trainer: the timeout passed, or a stop signal came.
+fn acquire_fence(sv: &mut Supervisor, sfd: &OwnedFd) -> Result<Option<Fence>, i32> {
+    let Some(dir) = sv.cfg.checkpoint_dir.clone() else {
+        return Ok(None);
+    };
+    let rank = sv.cfg.rank.unwrap_or(0);
+    let lock = Fence::open(&dir, rank).and_then(|f| f.try_lock().map(|got| (f, got)));
+    let (fence, mut got) = match lock {
+        Ok(l) => l,
+        Err(e) => {
+            log!(
+                "cannot lock {} ({e}); starting the trainer unfenced",
+                fence::lock_path(&dir, rank).display()
+            );
+            sv.report.lock = Some(LockState::Unavailable);
+            return Ok(None);
+        }
+    };
+    let t0 = Instant::now();
+    let timeout = Duration::from_secs_f64(sv.cfg.lock_timeout_seconds);
+    let mut next_note = Duration::ZERO;
+    while !got {
+        let waited = t0.elapsed();
+        sv.report.lock_wait_seconds = Some(round6(waited.as_secs_f64()));
+        if waited >= timeout {
+            return Err(lock_timed_out(sv, &fence, waited));
+        }
+        if waited >= next_note {
+            log!(
+                "waiting for {} (rank {rank}): a process of an earlier attempt still holds it; \
+                 waited {:.1}s of {}s",
+                fence.path().display(),
+                waited.as_secs_f64(),
+                fmt_seconds(sv.cfg.lock_timeout_seconds)
+            );
+            sv.report.lock = Some(LockState::Waiting);
+            sv.publish();
+            next_note = waited + LOCK_NOTE_EVERY;
+        }
+        let nap = LOCK_POLL.min(timeout - waited).as_millis() as i32;
+        if sys::poll_readable(&[sfd.as_raw_fd()], nap).is_ok_and(|r| r[0]) {
+            if let Some(s) = pending_stop(sfd) {
+                return Err(stopped_before_start(sv, s));
             }
         }
+        got = fence.try_lock().unwrap_or(false);
     }
-
-    // A stop signal that arrived while we prepared: the pod is going away, so
-    // do not start a trainer only to interrupt it.
-    if let Ok(sigs) = sys::read_signals(&sfd) {
-        if let Some(s) = sigs.iter().find(|s| sys::is_stop_signal(s.signo)) {
-            sv.report.signal = Some(SignalInfo {
-                name: sys::signal_name(s.signo),
-                at_unix_ms: sys::now_unix_ms(),
-            });
-            sv.report.state = State::Signalled;
-            sv.report.exit_code = Some(128 + s.signo);
-            sv.publish();
-            log!(
-                "{} before the trainer started; not starting it",
-                sys::signal_name(s.signo)
-            );
-            return 128 + s.signo;
-        }
+    let waited = t0.elapsed().as_secs_f64();
+    sv.report.lock = Some(LockState::Held);
+    sv.report.lock_wait_seconds = Some(round6(waited));
+    if sv.report.lock_wait_seconds != Some(0.0) && next_note > Duration::ZERO {
+        log!("got {} after {waited:.1}s", fence.path().display());
     }
+    Ok(Some(fence))
+}
 
+fn lock_timed_out(sv: &mut Supervisor, fence: &Fence, waited: Duration) -> i32 {
+    log!(
+        "gave up waiting for {} after {:.1}s (--lock-timeout-seconds {}): a trainer of an \
+         earlier attempt for this rank is still alive, and two must never write the same \
+         checkpoints; not starting the trainer (exit {})",
+        fence.path().display(),
+        waited.as_secs_f64(),
+        fmt_seconds(sv.cfg.lock_timeout_seconds),
+        fence::EXIT_LOCK_TIMEOUT
+    );
+    sv.report.lock = Some(LockState::TimedOut);
+    sv.report.state = State::Failed;
+    sv.report.exit_code = Some(fence::EXIT_LOCK_TIMEOUT);
+    sv.publish();
+    fence::EXIT_LOCK_TIMEOUT
+}
+
+/// Starts the trainer; `Err` carries the launcher's exit status.
+fn spawn(
+    sv: &mut Supervisor,
+    resume: Option<&Candidate>,
+    fence: Option<&Fence>,
+) -> Result<i32, i32> {
     let mut cmd = Command::new(&sv.cfg.command[0]);
     cmd.args(&sv.cfg.command[1..]);
     child_env(
         &mut cmd,
         &sv.cfg,
-        resume.as_ref(),
+        resume,
         &sv.deadline_file,
         &sv.progress_file,
     );
+    let lock_fd = fence.map(Fence::raw_fd);
     // The signal mask survives fork and exec, and std does not reset it: a
-    // trainer started with our mask would never see SIGTERM.
+    // trainer started with our mask would never see SIGTERM. The lock's
+    // descriptor is inherited so that the trainer alone keeps the rank
+    // fenced if the launcher dies first.
     unsafe {
         use std::os::unix::process::CommandExt;
-        cmd.pre_exec(sys::unblock_all_signals);
+        cmd.pre_exec(move || {
+            sys::unblock_all_signals()?;
+            lock_fd.map_or(Ok(()), fence::inherit)
+        });
     }
     sv.publish();
-    let child = match cmd.spawn() {
-        Ok(c) => c,
+    match cmd.spawn() {
+        // We reap with waitpid(-1) ourselves (orphans too); the Child handle
+        // is not needed, and dropping it neither waits nor kills.
+        Ok(child) => Ok(child.id() as i32),
         Err(e) => {
             let code = match e.kind() {
                 io::ErrorKind::NotFound => 127,
@@ -238,22 +433,23 @@ pub fn run(cfg: Config) -> i32 {
             sv.report.state = State::Failed;
             sv.report.exit_code = Some(code);
             sv.publish();
-            return code;
+            Err(code)
         }
-    };
-    let child_pid = child.id() as i32;
-    // We reap with waitpid(-1) ourselves (orphans too); the Child handle is
-    // not needed, and dropping it neither waits nor kills.
-    drop(child);
+    }
+}
 
+/// Forwards signals, watches saves and progress until the trainer exits.
+fn supervise(sv: &mut Supervisor, sfd: &OwnedFd, child_pid: i32) -> Exit {
     let mut watch = Watch::new(sv.cfg.checkpoint_dir.as_deref());
+    if let Some(w) = watch.as_mut() {
+        w.watch_existing();
+    }
     let exit = loop {
         let mut fds = vec![sfd.as_raw_fd()];
         if let Some(w) = &watch {
             fds.push(w.ino.raw_fd());
         }
-        let timeout_ms = PROGRESS_EVERY.as_millis() as i32;
-        let ready = match sys::poll_readable(&fds, timeout_ms) {
+        let ready = match sys::poll_readable(&fds, sv.poll_timeout_ms()) {
             Ok(r) => r,
             Err(e) => {
                 log!("poll failed: {e}");
@@ -261,22 +457,18 @@ pub fn run(cfg: Config) -> i32 {
             }
         };
         if ready[0] {
-            for s in sys::read_signals(&sfd).unwrap_or_default() {
+            for s in sys::read_signals(sfd).unwrap_or_default() {
                 if s.signo != libc::SIGCHLD {
-                    forward_signal(&mut sv, child_pid, s.signo);
+                    forward_signal(sv, child_pid, s.signo);
                 }
             }
         }
-        let ckpt_event = ready.get(1) == Some(&true);
-        if ckpt_event {
-            if let Some(w) = watch.as_mut() {
-                w.handle(&mut sv);
-            }
-        }
-        // Activity in the checkpoint directory means a step just ended (a
-        // save starts after one): read now, so a save that the grace period
-        // cuts short still leaves the step it was saving in the report.
-        if sv.refresh_progress(ckpt_event) {
+        // A save starting or ending means a step just ended: read now, so a
+        // save that the grace period cuts short still leaves the step it was
+        // saving in the report.
+        let save_event =
+            ready.get(1) == Some(&true) && watch.as_mut().is_some_and(|w| w.handle(sv));
+        if sv.refresh_progress(save_event) {
             sv.publish();
         }
         // SIGCHLDs coalesce, so reap everything whenever we wake.
@@ -286,12 +478,13 @@ pub fn run(cfg: Config) -> i32 {
         {
             break exit;
         }
+        sv.check_signal_ignored();
     };
     // Saves that finished just before the exit may still be queued.
     if let Some(w) = watch.as_mut() {
-        w.handle(&mut sv);
+        w.handle(sv);
     }
-    finish(&mut sv, exit)
+    exit
 }
 
 fn child_env(
@@ -513,6 +706,8 @@ fn finish(sv: &mut Supervisor, exit: Exit) -> i32 {
         (false, _) => State::Failed,
     };
     sv.report.signal_to_exit_seconds = sv.signal_at.map(|t| round6(t.elapsed().as_secs_f64()));
+    // It exited, if late: what the kubelet will see is its own exit.
+    sv.report.signal_honoured = sv.signal_at.map(|_| true);
     // inotify misses saves made from other nodes (NFS) and overflows; the
     // directory itself is the truth about what exists.
     if let Some(dir) = sv.cfg.checkpoint_dir.clone() {
@@ -540,7 +735,8 @@ fn finish(sv: &mut Supervisor, exit: Exit) -> i32 {
 }
 
 /// inotify on the checkpoint directory, plus one watch inside each checkpoint
-/// directory being written in place.
+/// directory that exists or is being written in place (the newest
+/// [`MAX_INSIDE_WATCHES`]), so in-place rewrites are seen too.
 struct Watch {
     ino: Inotify,
     dir: PathBuf,
@@ -548,8 +744,22 @@ struct Watch {
     inside: HashMap<i32, String>,
 }
 
-const TOP_MASK: u32 = libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_DELETE | libc::IN_ONLYDIR;
-const INSIDE_MASK: u32 = libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_ONLYDIR;
+/// Inside watches are one kernel object each, counted against the user's
+/// `max_user_watches`; old checkpoints are rarely rewritten.
+const MAX_INSIDE_WATCHES: usize = 64;
+
+const TOP_MASK: u32 = libc::IN_CREATE
+    | libc::IN_MOVED_TO
+    | libc::IN_DELETE
+    | libc::IN_MODIFY
+    | libc::IN_CLOSE_WRITE
+    | libc::IN_ONLYDIR;
+const INSIDE_MASK: u32 = libc::IN_CREATE
+    | libc::IN_MODIFY
+    | libc::IN_CLOSE_WRITE
+    | libc::IN_MOVED_TO
+    | libc::IN_DELETE
+    | libc::IN_ONLYDIR;
 
 impl Watch {
     fn new(dir: Option<&Path>) -> Option<Watch> {
@@ -574,19 +784,38 @@ impl Watch {
         })
     }
 
-    fn handle(&mut self, sv: &mut Supervisor) {
+    /// Watches inside the checkpoint directories already there, newest
+    /// first, so that rewriting one in place is timed.
+    fn watch_existing(&mut self) {
+        let Ok(mut scan) = checkpoint::scan(&self.dir) else {
+            return;
+        };
+        checkpoint::order(&mut scan.candidates);
+        for c in scan.candidates.iter().filter(|c| c.is_dir) {
+            if self.inside.len() >= MAX_INSIDE_WATCHES {
+                break;
+            }
+            if let Some(name) = c.path.file_name().and_then(|n| n.to_str()) {
+                self.watch_inside(name);
+            }
+        }
+    }
+
+    /// Handles queued events; true when a save started or ended.
+    fn handle(&mut self, sv: &mut Supervisor) -> bool {
         let events = match self.ino.read_events() {
             Ok(e) => e,
             Err(e) => {
                 log!("reading inotify events: {e}");
-                return;
+                return false;
             }
         };
+        let mut saves = false;
         for ev in events {
-            let now = Instant::now();
             if ev.mask & libc::IN_Q_OVERFLOW != 0 {
                 // Lost events: fall back to the directory contents, untimed.
                 self.rescan(sv);
+                saves = true;
                 continue;
             }
             if ev.mask & libc::IN_IGNORED != 0 {
@@ -596,22 +825,10 @@ impl Watch {
             let Some(name) = ev.name.as_ref().and_then(|n| n.to_str()) else {
                 continue;
             };
-            let action = if ev.wd == self.top {
-                let is_dir = ev.mask & libc::IN_ISDIR != 0;
-                if ev.mask & libc::IN_DELETE != 0 {
-                    sv.tracker.deleted(name);
-                    Action::Nothing
-                } else {
-                    let renamed = ev.mask & libc::IN_MOVED_TO != 0;
-                    sv.tracker.appeared(name, is_dir, renamed, now)
-                }
-            } else if let Some(dir) = self.inside.get(&ev.wd) {
-                sv.tracker.inside(dir, name)
-            } else {
-                Action::Nothing
-            };
+            let action = self.action(sv, &ev, name);
+            saves |= action != Action::Nothing;
             match action {
-                Action::Nothing => {}
+                Action::Nothing | Action::Started => {}
                 Action::WatchInside(name) => {
                     self.watch_inside(&name);
                     // The marker may have been written before the watch.
@@ -620,14 +837,59 @@ impl Watch {
                 Action::Check { name, started } => self.check(sv, &name, started),
             }
         }
+        saves
+    }
+
+    fn action(&self, sv: &mut Supervisor, ev: &sys::InotifyEvent, name: &str) -> Action {
+        let now = Instant::now();
+        let has = |m: u32| ev.mask & m != 0;
+        if ev.wd == self.top {
+            if has(libc::IN_DELETE) {
+                sv.tracker.deleted(name);
+                Action::Nothing
+            } else if has(libc::IN_CREATE | libc::IN_MOVED_TO) {
+                let renamed = has(libc::IN_MOVED_TO);
+                sv.tracker.appeared(name, has(libc::IN_ISDIR), renamed, now)
+            } else if has(libc::IN_CLOSE_WRITE) {
+                sv.tracker.closed(name)
+            } else {
+                sv.tracker.modified(name, now)
+            }
+        } else if let Some(dir) = self.inside.get(&ev.wd) {
+            let what = if has(libc::IN_DELETE) {
+                Inside::Removed
+            } else if has(libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO) {
+                Inside::Finished
+            } else {
+                Inside::Written
+            };
+            sv.tracker.inside(dir, name, what, now)
+        } else {
+            Action::Nothing
+        }
     }
 
     fn watch_inside(&mut self, name: &str) {
         if self.inside.values().any(|n| n == name) {
             return;
         }
+        if self.inside.len() >= MAX_INSIDE_WATCHES {
+            self.unwatch_oldest();
+        }
         if let Ok(wd) = self.ino.add_watch(&self.dir.join(name), INSIDE_MASK) {
             self.inside.insert(wd, name.to_string());
+        }
+    }
+
+    /// Makes room by dropping the watch on the lowest step.
+    fn unwatch_oldest(&mut self) {
+        let step = |n: &String| match checkpoint::parse_name(n) {
+            Some(Name::Final { step, .. }) => step,
+            _ => 0,
+        };
+        if let Some((&wd, _)) = self.inside.iter().min_by_key(|(_, n)| step(n)) {
+            self.ino.rm_watch(wd);
+            self.inside.remove(&wd);
         }
     }
 
@@ -651,14 +913,15 @@ impl Watch {
         }
         let seconds = started.map(|s| s.elapsed().as_secs_f64());
         sv.tracker.completed(name);
-        if let Some((&wd, _)) = self.inside.iter().find(|(_, n)| *n == name) {
-            self.ino.rm_watch(wd);
-            self.inside.remove(&wd);
+        if is_dir {
+            // Kept: the same checkpoint may be rewritten in place later.
+            self.watch_inside(name);
         }
         let bytes = checkpoint::total_bytes(&path);
         sv.refresh_progress(true);
         sv.stats.record(bytes, seconds);
         sv.report.saves = sv.stats.to_report();
+        sv.completed(&path);
         sv.set_last_checkpoint(step, &path, bytes, sys::now_unix_ms());
         sv.publish();
     }
@@ -669,6 +932,7 @@ impl Watch {
         };
         if let (Some(c), _) = checkpoint::select(scan.candidates, |c| checkpoint::check(c, false)) {
             let bytes = checkpoint::total_bytes(&c.path);
+            sv.completed(&c.path);
             sv.set_last_checkpoint(c.step, &c.path, bytes, checkpoint::mtime_unix_ms(&c.path));
             sv.publish();
         }

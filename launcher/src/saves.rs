@@ -1,9 +1,11 @@
 //! Measuring saves from directory events: the clock starts when the
-//! temporary name appears (or a checkpoint directory is created in place, as
-//! DCP does) and stops when the final name appears (or the completion marker
-//! inside it). Pure over events so the timing rules are unit-testable.
+//! temporary name appears, a checkpoint directory is created in place (as
+//! DCP does), or an existing checkpoint starts being rewritten in place; it
+//! stops when the final name appears, the completion marker inside it is
+//! written, or the rewritten file is closed. Pure over events so the timing
+//! rules are unit-testable.
 
-use crate::checkpoint::{parse_name, Name, Naming, DCP_METADATA, HF_STATE, MANIFEST};
+use crate::checkpoint::{is_marker, parse_name, Name, Naming, HF_INCOMPLETE};
 use crate::report::{p95, Saves};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -15,6 +17,8 @@ const MAX_SAMPLES: usize = 1024;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
     Nothing,
+    /// A save began (the trainer just finished a step).
+    Started,
     /// A checkpoint directory is being written in place: watch inside it for
     /// its completion marker.
     WatchInside(String),
@@ -25,24 +29,51 @@ pub enum Action {
     },
 }
 
+/// What happened to a file inside a checkpoint directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inside {
+    /// Created or written to: it may still be incomplete.
+    Written,
+    /// Closed after writing, or renamed into place: whole.
+    Finished,
+    Removed,
+}
+
 #[derive(Default)]
 pub struct Tracker {
     pending: HashMap<String, Instant>,
 }
 
 impl Tracker {
+    /// Starts the clock for `name` unless a save of it is already running.
+    fn start(&mut self, name: &str, now: Instant) -> bool {
+        if self.pending.contains_key(name) {
+            return false;
+        }
+        // Bound the map: a trainer that abandons temporaries (deleted
+        // without IN_DELETE being seen) must not leak.
+        if self.pending.len() > 64 {
+            self.pending.clear();
+        }
+        self.pending.insert(name.to_string(), now);
+        true
+    }
+
+    fn started(&mut self, name: &str, now: Instant) -> Action {
+        if self.start(name, now) {
+            Action::Started
+        } else {
+            Action::Nothing
+        }
+    }
+
     /// Something appeared in the checkpoint directory: created, or renamed
     /// into it.
     pub fn appeared(&mut self, name: &str, is_dir: bool, renamed: bool, now: Instant) -> Action {
         match parse_name(name) {
             Some(Name::Temp { final_name }) => {
                 if matches!(parse_name(&final_name), Some(Name::Final { .. })) {
-                    // Bound the map: a trainer that abandons temporaries
-                    // (deleted without IN_DELETE being seen) must not leak.
-                    if self.pending.len() > 64 {
-                        self.pending.clear();
-                    }
-                    self.pending.entry(final_name).or_insert(now);
+                    return self.started(&final_name, now);
                 }
                 Action::Nothing
             }
@@ -53,13 +84,39 @@ impl Tracker {
                         started: self.pending.get(name).copied(),
                     }
                 } else if is_dir && naming != Naming::StepFile {
-                    self.pending.entry(name.to_string()).or_insert(now);
+                    self.start(name, now);
                     Action::WatchInside(name.to_string())
                 } else {
-                    Action::Nothing
+                    // A file created under its final name: written in
+                    // place, done when it is closed.
+                    self.started(name, now)
                 }
             }
             None => Action::Nothing,
+        }
+    }
+
+    /// A file in the checkpoint directory was written to. Only a final name
+    /// matters: that is a checkpoint being rewritten in place.
+    pub fn modified(&mut self, name: &str, now: Instant) -> Action {
+        match parse_name(name) {
+            Some(Name::Final {
+                naming: Naming::StepFile,
+                ..
+            }) => self.started(name, now),
+            _ => Action::Nothing,
+        }
+    }
+
+    /// A file in the checkpoint directory that was open for writing was
+    /// closed: an in-place write of a final name is then done.
+    pub fn closed(&self, name: &str) -> Action {
+        match self.pending.get(name) {
+            Some(&t) if matches!(parse_name(name), Some(Name::Final { .. })) => Action::Check {
+                name: name.to_string(),
+                started: Some(t),
+            },
+            _ => Action::Nothing,
         }
     }
 
@@ -70,15 +127,26 @@ impl Tracker {
         }
     }
 
-    /// A file was written or renamed inside checkpoint directory `dir`.
-    pub fn inside(&self, dir: &str, file: &str) -> Action {
-        if matches!(file, MANIFEST | DCP_METADATA | HF_STATE) {
+    /// Something happened to `file` inside checkpoint directory `dir`. The
+    /// completion marker finished (or Hugging Face's incomplete marker
+    /// removed) means it may be complete; any other write means a save into
+    /// it is under way, which for a checkpoint that already existed is an
+    /// in-place rewrite whose clock starts now.
+    pub fn inside(&mut self, dir: &str, file: &str, what: Inside, now: Instant) -> Action {
+        let done = match what {
+            Inside::Removed => file == HF_INCOMPLETE,
+            Inside::Finished => is_marker(file) && file != HF_INCOMPLETE,
+            Inside::Written => false,
+        };
+        if done {
             Action::Check {
                 name: dir.to_string(),
                 started: self.pending.get(dir).copied(),
             }
-        } else {
+        } else if what == Inside::Removed {
             Action::Nothing
+        } else {
+            self.started(dir, now)
         }
     }
 
@@ -141,7 +209,7 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(
             t.appeared("step-3.ckpt.tmp", false, false, t0),
-            Action::Nothing
+            Action::Started
         );
         let a = t.appeared("step-3.ckpt", false, true, t0 + Duration::from_secs(2));
         assert_eq!(
@@ -178,9 +246,12 @@ mod tests {
             t.appeared("step-9", true, false, t0),
             Action::WatchInside("step-9".into())
         );
-        assert_eq!(t.inside("step-9", "__0_0.distcp"), Action::Nothing);
         assert_eq!(
-            t.inside("step-9", ".metadata"),
+            t.inside("step-9", "__0_0.distcp", Inside::Finished, t0),
+            Action::Nothing
+        );
+        assert_eq!(
+            t.inside("step-9", ".metadata", Inside::Finished, t0),
             Action::Check {
                 name: "step-9".into(),
                 started: Some(t0)
@@ -200,7 +271,67 @@ mod tests {
         ));
         assert_eq!(t.appeared("notes.tmp", false, false, t0), Action::Nothing);
         assert!(t.pending.is_empty());
-        assert_eq!(t.appeared("step-2.ckpt", false, false, t0), Action::Nothing);
+        assert_eq!(t.appeared("step-2.ckpt", false, false, t0), Action::Started);
+    }
+
+    #[test]
+    fn file_rewritten_in_place_is_timed_from_first_write_to_close() {
+        let mut t = Tracker::default();
+        let t0 = Instant::now();
+        // A close without a write (an fsync through a new descriptor) is
+        // not a save.
+        assert_eq!(t.closed("step-3.ckpt"), Action::Nothing);
+        assert_eq!(t.modified("step-3.ckpt", t0), Action::Started);
+        assert_eq!(
+            t.modified("step-3.ckpt", t0 + Duration::from_secs(1)),
+            Action::Nothing,
+            "later writes do not restart the clock"
+        );
+        assert_eq!(t.modified("step-3.ckpt.tmp", t0), Action::Nothing);
+        assert_eq!(t.modified("notes.txt", t0), Action::Nothing);
+        assert_eq!(
+            t.closed("step-3.ckpt"),
+            Action::Check {
+                name: "step-3.ckpt".into(),
+                started: Some(t0)
+            }
+        );
+    }
+
+    #[test]
+    fn directory_rewritten_in_place_is_timed_from_first_write_to_marker() {
+        let mut t = Tracker::default();
+        let t0 = Instant::now();
+        assert_eq!(
+            t.inside("checkpoint-7", "model.safetensors", Inside::Written, t0),
+            Action::Started
+        );
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(
+            t.inside("checkpoint-7", "optimizer.pt", Inside::Finished, t1),
+            Action::Nothing
+        );
+        // Written but not yet closed: may be torn.
+        assert_eq!(
+            t.inside("checkpoint-7", "trainer_state.json", Inside::Written, t1),
+            Action::Nothing
+        );
+        assert_eq!(
+            t.inside("checkpoint-7", "trainer_state.json", Inside::Finished, t1),
+            Action::Check {
+                name: "checkpoint-7".into(),
+                started: Some(t0)
+            }
+        );
+        // Hugging Face's JIT save removes its incomplete marker last.
+        assert!(matches!(
+            t.inside("checkpoint-7", HF_INCOMPLETE, Inside::Removed, t1),
+            Action::Check { started: Some(s), .. } if s == t0
+        ));
+        assert_eq!(
+            t.inside("checkpoint-7", "old.bin", Inside::Removed, t1),
+            Action::Nothing
+        );
     }
 
     #[test]

@@ -224,17 +224,27 @@ fn a_save_that_outlasts_the_grace_period_is_cut_by_sigkill_and_the_previous_chec
     let signalled = Instant::now();
     let n = step_after(&r.wait_line("stop: SIGTERM after step "), "after step ");
     // The kubelet's part: SIGKILL when the grace period is over. Waiting for
-    // both conditions also proves the save was still going by then.
+    // these conditions also proves the save was still going by then, and
+    // that the launcher had said so: on a loaded machine its wake-up can lag,
+    // and the test plays a kubelet that is exactly as late.
     let tmp = dir.ckpt().join(format!("step-{n}.tmp"));
     r.wait_until("the grace period to end mid-save", |_| {
-        signalled.elapsed() >= grace && tmp.exists()
+        signalled.elapsed() >= grace
+            && tmp.exists()
+            && fs::read(dir.report_path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|v| v["signalHonoured"] == false)
     });
     r.kill_container();
     let f = r.wait();
     assert_eq!(f.code(), 128 + libc::SIGKILL);
     assert!(!dir.ckpt().join(format!("step-{n}")).exists());
     let rep = dir.report();
-    assert_eq!(rep["state"], "running", "the launcher died too: {rep}");
+    // The launcher died too, but the report it left says that the signal
+    // came and was not honoured in time: a preemption, not a failure.
+    assert_eq!(rep["state"], "signalled", "{rep}");
+    assert_eq!(rep["signalHonoured"], false, "{rep}");
     assert_eq!(rep["signal"]["name"], "SIGTERM");
     assert_eq!(rep["lastStep"], n, "{rep}");
     assert_eq!(rep["lastCheckpoint"]["step"], 3, "{rep}");
