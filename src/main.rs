@@ -109,60 +109,27 @@ async fn main() {
 }
 
 async fn run(args: RunArgs) -> i32 {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
-    match args.log_format {
-        LogFormat::Json => fmt.json().init(),
-        LogFormat::Text => fmt.init(),
-    }
-
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = match kube::config::Kubeconfig::read_from(path) {
-                Ok(k) => k,
-                Err(e) => {
-                    error!("cannot read kubeconfig {}: {e}", path.display());
-                    return 1;
-                }
-            };
-            Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await
-        }
-        None => Config::infer()
-            .await
-            .map_err(|e| kube::config::KubeconfigError::LoadContext(e.to_string())),
-    };
-    let client = match config
-        .map_err(|e| e.to_string())
-        .and_then(|c| Client::try_from(c).map_err(|e| e.to_string()))
-    {
+    init_logging(args.log_format);
+    let client = match client(args.kubeconfig.as_deref()).await {
         Ok(c) => c,
         Err(e) => {
-            error!("cannot build a Kubernetes client: {e}");
+            error!("{e}");
             return 1;
         }
     };
-
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let http = Arc::new(Http {
         registry,
         ready: AtomicBool::new(false),
     });
-    let listener = match tokio::net::TcpListener::bind(args.listen).await {
-        Ok(l) => l,
+    let server = match serve(args.listen, http.clone()).await {
+        Ok(task) => task,
         Err(e) => {
-            error!("cannot listen on {}: {e}", args.listen);
+            error!("{e}");
             return 1;
         }
     };
-    info!("serving /healthz, /readyz and /metrics on {}", args.listen);
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .with_state(http.clone());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let defaults = Defaults {
         notice_seconds: args.default_notice_seconds,
@@ -195,21 +162,7 @@ async fn run(args: RunArgs) -> i32 {
             }
             info!("controller running");
             let work = controller::run(ctx, args.namespace.clone(), stop.wait());
-            match &elector {
-                None => {
-                    work.await;
-                    Ok(())
-                }
-                Some(elector) => tokio::select! {
-                    _ = work => {
-                        elector.release().await;
-                        Ok(())
-                    }
-                    // Lost the lease: stop acting at once. The restart
-                    // rejoins as a standby.
-                    _ = elector.hold() => Err("lost the leader lease"),
-                },
-            }
+            lead(work, elector.as_ref()).await
         }
     });
 
@@ -228,6 +181,73 @@ async fn run(args: RunArgs) -> i32 {
             }
         }
     }
+}
+
+/// Runs `work` while holding the lease, if there is one to hold.
+async fn lead(
+    work: impl std::future::Future<Output = ()>,
+    elector: Option<&leader::Elector>,
+) -> Result<(), &'static str> {
+    let Some(elector) = elector else {
+        work.await;
+        return Ok(());
+    };
+    tokio::select! {
+        _ = work => {
+            elector.release().await;
+            Ok(())
+        }
+        // Lost the lease: stop acting at once. The restart rejoins as a
+        // standby.
+        _ = elector.hold() => Err("lost the leader lease"),
+    }
+}
+
+/// /healthz, /readyz and /metrics, served from their own task.
+async fn serve(
+    addr: SocketAddr,
+    http: Arc<Http>,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    info!("serving /healthz, /readyz and /metrics on {addr}");
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(http);
+    Ok(tokio::spawn(
+        async move { axum::serve(listener, app).await },
+    ))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => fmt.json().init(),
+        LogFormat::Text => fmt.init(),
+    }
+}
+
+/// A client from the kubeconfig given, else KUBECONFIG, ~/.kube/config,
+/// then the in-cluster service account.
+async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, String> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("cannot read kubeconfig {}: {e}", path.display()))?;
+            Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|e| e.to_string())
+        }
+        None => Config::infer().await.map_err(|e| e.to_string()),
+    };
+    config
+        .and_then(|c| Client::try_from(c).map_err(|e| e.to_string()))
+        .map_err(|e| format!("cannot build a Kubernetes client: {e}"))
 }
 
 /// How long a stopping operator waits for in-flight work.
