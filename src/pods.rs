@@ -428,6 +428,9 @@ fn gpu_requests_match_limits(c: &mut Container) {
 }
 
 /// Copies the launcher out of the operator's image into the shared emptyDir.
+/// The unprivileged user the launcher's installer runs as.
+pub const INSTALLER_UID: i64 = 65532;
+
 fn launcher_installer(image: &str) -> Container {
     let tiny = BTreeMap::from([
         ("cpu".to_string(), Quantity("10m".into())),
@@ -452,10 +455,19 @@ fn launcher_installer(image: &str) -> Container {
             limits: Some(tiny),
             ..Default::default()
         }),
+        // Restricted on its own, whatever the pod's securityContext says:
+        // a pod-level runAsUser: 0 would otherwise fail runAsNonRoot, and
+        // PodSecurity `restricted` wants a seccomp profile on every container.
         security_context: Some(k8s_openapi::api::core::v1::SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             run_as_non_root: Some(true),
+            run_as_user: Some(INSTALLER_UID),
+            run_as_group: Some(INSTALLER_UID),
+            seccomp_profile: Some(k8s_openapi::api::core::v1::SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
             capabilities: Some(k8s_openapi::api::core::v1::Capabilities {
                 drop: Some(vec!["ALL".into()]),
                 add: None,

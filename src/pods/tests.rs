@@ -416,3 +416,16 @@ fn names_and_paths_the_operator_owns_are_refused_however_spelled() {
     assert_eq!(canonical_path("/dev//shm/"), "/dev/shm");
     assert_eq!(canonical_path("/a/./b/../c"), "/a/c");
 }
+
+#[test]
+fn the_installer_is_restricted_whatever_the_pod_says() {
+    let j = job(
+        json!({"template": {"spec": {"securityContext": {"runAsUser": 0},
+        "containers": [{"name": "trainer", "image": "img", "command": ["python3"]}]}}}),
+    );
+    let pod = build_pod(&j, &plan(), 0).unwrap();
+    let init = &pod.spec.unwrap().init_containers.unwrap()[0];
+    let sc = init.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_user, Some(INSTALLER_UID));
+    assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+}
