@@ -13,6 +13,7 @@ use crate::validate::{self, SpecProblem};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use kube::api::PostParams;
 use kube::{Api, Client, ResourceExt};
+use tracing::info;
 
 /// The problems found; empty when the attempt may be created.
 pub async fn check(
@@ -34,7 +35,11 @@ pub async fn check(
     if status.attempt > 0 && !problem_stands {
         return Ok(Vec::new());
     }
-    Ok(dry_run(client, ns, attempt).await?.into_iter().collect())
+    let refused = dry_run(client, ns, attempt).await?;
+    if let Some(p) = &refused {
+        info!(job = %job.name_any(), "dry run refused: {p}");
+    }
+    Ok(refused.into_iter().collect())
 }
 
 async fn dry_run(client: &Client, ns: &str, attempt: &Attempt) -> Result<Option<SpecProblem>> {
@@ -50,7 +55,9 @@ async fn dry_run(client: &Client, ns: &str, attempt: &Attempt) -> Result<Option<
     }
     if let Some(svc) = &attempt.service {
         let api = Api::<Service>::namespaced(client.clone(), ns);
-        return refusal(api.create(&params, svc).await, "Service", &svc.name_any());
+        if let Some(p) = refusal(api.create(&params, svc).await, "Service", &svc.name_any())? {
+            return Ok(Some(p));
+        }
     }
     Ok(None)
 }

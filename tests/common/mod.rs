@@ -250,26 +250,24 @@ pub fn jsonpath(ns: &str, object: &str, path: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `kubectl wait` for a condition, with the job's status in the failure.
+/// Waits for a condition to be True, reading its state: an object with no
+/// conditions yet (or not there yet) is a state to wait through, not an
+/// error, as `kubectl wait` would make it on a first read.
 pub fn wait_condition(ns: &str, object: &str, condition: &str, timeout: Duration) {
-    let out = kubectl(&[
-        "wait",
-        "-n",
-        ns,
-        object,
-        &format!("--for=condition={condition}"),
-        &format!("--timeout={}s", timeout.as_secs()),
-    ]);
-    if !out.status.success() {
-        let status = kubectl(&["get", "-n", ns, object, "-o", "jsonpath={.status}"]);
-        let pods = kubectl(&["get", "pods", "-n", ns, "-o", "wide"]);
-        panic!(
-            "{object} never reached {condition}: {}\nstatus: {}\npods:\n{}",
-            stderr(&out),
-            String::from_utf8_lossy(&status.stdout),
-            String::from_utf8_lossy(&pods.stdout)
-        );
-    }
+    let path = format!(r#"{{.status.conditions[?(@.type=="{condition}")].status}}"#);
+    wait_until_or(
+        &format!("{object} to reach {condition}"),
+        timeout,
+        || (jsonpath(ns, object, &path) == "True").then_some(()),
+        || {
+            let pods = kubectl(&["get", "pods", "-n", ns, "-o", "wide"]);
+            format!(
+                "status: {}\npods:\n{}",
+                jsonpath(ns, object, "{.status}"),
+                String::from_utf8_lossy(&pods.stdout)
+            )
+        },
+    )
 }
 
 /// Every change to the pods of a namespace, as `kubectl get --watch` sees
