@@ -237,12 +237,13 @@ impl Report {
         let steps: [Shrink; 7] = [
             |r| r.truncate_paths(256),
             |r| r.truncate_paths(64),
+            // Still ends in the checkpoint's name, which holds the step.
+            |r| r.truncate_paths(24),
             |r| {
                 r.probe = None;
                 r.cleaned = None;
                 r.resumed_from = None;
             },
-            |r| r.truncate_paths(24),
             |r| {
                 r.truncated = true;
                 r.saves = None;

@@ -159,11 +159,17 @@ pub fn run(cfg: Config) -> i32 {
     if let Some(s) = pending_stop(&sfd) {
         return stopped_before_start(&mut sv, s);
     }
+    // Watching before the trainer starts, so that its first save, however
+    // early, is timed from its first event.
+    let mut watch = Watch::new(sv.cfg.checkpoint_dir.as_deref());
+    if let Some(w) = watch.as_mut() {
+        w.watch_existing();
+    }
     let child_pid = match spawn(&mut sv, resume.as_ref(), fence.as_ref()) {
         Ok(pid) => pid,
         Err(status) => return status,
     };
-    let exit = supervise(&mut sv, &sfd, child_pid);
+    let exit = supervise(&mut sv, &sfd, child_pid, watch);
     let status = finish(&mut sv, exit);
     // Held to the end, though the trainer's inherited copy is what counts.
     drop(fence);
@@ -216,7 +222,6 @@ impl Supervisor {
         self.refresh_progress(true);
         self.report.state = State::Signalled;
         self.report.signal_honoured = Some(false);
-        self.publish();
         let saved = self.report.last_checkpoint.as_ref().map(|c| c.step);
         log!(
             "the trainer is still running {:.1}s after {}, close to the {}s grace period: \
@@ -232,6 +237,8 @@ impl Supervisor {
                 .map_or("unknown".into(), |s| s.to_string()),
             saved.map_or("none".into(), |s| s.to_string()),
         );
+        // After the log line: whoever reads the report may kill us at once.
+        self.publish();
     }
 
     /// How long poll may sleep: progress is read every [`PROGRESS_EVERY`],
@@ -366,10 +373,15 @@ fn acquire_fence(sv: &mut Supervisor, sfd: &OwnedFd) -> Result<Option<Fence>, i3
         }
         got = fence.try_lock().unwrap_or(false);
     }
-    let waited = t0.elapsed().as_secs_f64();
+    // Zero when it was free at once (the wait below never ran).
+    let waited = if next_note > Duration::ZERO {
+        t0.elapsed().as_secs_f64()
+    } else {
+        0.0
+    };
     sv.report.lock = Some(LockState::Held);
     sv.report.lock_wait_seconds = Some(round6(waited));
-    if sv.report.lock_wait_seconds != Some(0.0) && next_note > Duration::ZERO {
+    if waited > 0.0 {
         log!("got {} after {waited:.1}s", fence.path().display());
     }
     Ok(Some(fence))
@@ -439,11 +451,7 @@ fn spawn(
 }
 
 /// Forwards signals, watches saves and progress until the trainer exits.
-fn supervise(sv: &mut Supervisor, sfd: &OwnedFd, child_pid: i32) -> Exit {
-    let mut watch = Watch::new(sv.cfg.checkpoint_dir.as_deref());
-    if let Some(w) = watch.as_mut() {
-        w.watch_existing();
-    }
+fn supervise(sv: &mut Supervisor, sfd: &OwnedFd, child_pid: i32, mut watch: Option<Watch>) -> Exit {
     let exit = loop {
         let mut fds = vec![sfd.as_raw_fd()];
         if let Some(w) = &watch {
@@ -507,6 +515,14 @@ fn child_env(
     }
     if let Some(d) = &cfg.checkpoint_dir {
         cmd.env("TJ_CHECKPOINT_DIR", d);
+    }
+    // The flags the operator passed win over the template's env, for the
+    // trainer as for the launcher.
+    if let Some(a) = cfg.attempt {
+        cmd.env("TJ_ATTEMPT", a.to_string());
+    }
+    if let Some(r) = cfg.rank {
+        cmd.env("TJ_RANK", r.to_string());
     }
     cmd.env("TJ_GRACE_SECONDS", fmt_seconds(cfg.grace_seconds));
     cmd.env(

@@ -43,6 +43,19 @@ fn hugging_face_layout_is_recognised() {
         fs::write(c.join(format!("checkpoint-{step}/model.safetensors")), b"w").unwrap();
     }
     fs::write(c.join("checkpoint-100/trainer_state.json"), b"{}").unwrap();
+    // Killed while writing trainer_state.json (in place): empty, or torn.
+    for (step, state) in [(175, ""), (160, r#"{"global_step": 160, "log_hi"#)] {
+        mkdir(&c.join(format!("checkpoint-{step}")));
+        fs::write(
+            c.join(format!("checkpoint-{step}/trainer_state.json")),
+            state,
+        )
+        .unwrap();
+    }
+    // Transformers' JIT save had not removed its incomplete marker.
+    mkdir(&c.join("checkpoint-170"));
+    fs::write(c.join("checkpoint-170/trainer_state.json"), b"{}").unwrap();
+    fs::write(c.join("checkpoint-170/checkpoint-is-incomplete.txt"), b"").unwrap();
     // 150 never got its trainer_state.json: the Trainer died mid-save.
     mkdir(&c.join("tmp-checkpoint-200"));
     fs::write(c.join("tmp-checkpoint-200/model.safetensors"), b"partial").unwrap();
@@ -54,11 +67,34 @@ fn hugging_face_layout_is_recognised() {
         format!("resume={} step=100", want.display())
     );
     assert_eq!(rep["resumedFrom"]["step"], 100);
-    assert_eq!(skipped_paths(&rep), ["checkpoint-150"]);
-    assert!(rep["skipped"][0]["reason"]
-        .as_str()
+    assert_eq!(
+        skipped_paths(&rep),
+        [
+            "checkpoint-175",
+            "checkpoint-170",
+            "checkpoint-160",
+            "checkpoint-150"
+        ]
+    );
+    let reasons: Vec<&str> = rep["skipped"]
+        .as_array()
         .unwrap()
-        .contains("trainer_state.json"));
+        .iter()
+        .map(|s| s["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons[0].contains("not a whole JSON object"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("checkpoint-is-incomplete.txt"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].contains("not a whole JSON object"),
+        "{reasons:?}"
+    );
+    assert!(reasons[3].contains("no trainer_state.json"), "{reasons:?}");
     assert_eq!(rep["cleaned"]["tmpEntries"], 1);
     assert!(
         !c.join("tmp-checkpoint-200").exists(),
@@ -130,6 +166,110 @@ os.rename(f"{d}/tmp-checkpoint-600", f"{d}/checkpoint-600")
     assert_eq!(rep["saves"]["lastBytes"], 8192 + 2);
     assert_eq!(rep["lastCheckpoint"]["step"], 600);
     assert_eq!(rep["lastCheckpoint"]["bytes"], 8192 + 2);
+}
+
+/// Runs `script` (Python) as the trainer on `dir`; returns the report.
+fn run_py(dir: &TempDir, script: &str) -> (Finished, serde_json::Value) {
+    let f = run(launcher(dir, &["python3", "-c", script]));
+    assert_eq!(f.code(), 0, "{}", f.stderr);
+    (f, dir.report())
+}
+
+/// One save, timed: `count` 1 and the 0.2 s the script spends in it (less
+/// at most the launcher's wake-up lag on a loaded machine).
+fn assert_one_timed_save(rep: &serde_json::Value, step: u64) {
+    assert_eq!(rep["saves"]["count"], 1, "{rep}");
+    assert!(
+        rep["saves"]["lastSeconds"].as_f64().unwrap() >= 0.1,
+        "{rep}"
+    );
+    assert_eq!(rep["lastCheckpoint"]["step"], step, "{rep}");
+}
+
+#[test]
+fn saves_that_rewrite_a_checkpoint_in_place_are_timed_and_unskip_it() {
+    let dir = TempDir::new("inplace");
+    let c = dir.ckpt();
+    fs::create_dir_all(&c).unwrap();
+    fs::write(c.join("step-3.ckpt"), b"old weights").unwrap();
+    // A file rewritten in place (torch.save onto the same name).
+    let (_, rep) = run_py(
+        &dir,
+        r#"
+import os, time
+with open(os.environ["TJ_CHECKPOINT_DIR"] + "/step-3.ckpt", "wb") as f:
+    f.write(b"new "); f.flush(); time.sleep(0.2); f.write(b"weights")
+"#,
+    );
+    assert_one_timed_save(&rep, 3);
+
+    // A torn directory, skipped at start, then completed in place by the
+    // same attempt: timed, and no longer listed as skipped.
+    mkdir(&c.join("step-8"));
+    fs::write(c.join("step-8/w.bin"), b"he").unwrap();
+    let (f, rep) = run_py(
+        &dir,
+        r#"
+import os, time
+d = os.environ["TJ_CHECKPOINT_DIR"] + "/step-8"
+with open(d + "/w.bin", "wb") as f:
+    f.write(b"hel"); f.flush(); time.sleep(0.2); f.write(b"lo")
+with open(d + "/MANIFEST.json", "w") as f:
+    f.write('{"step": 8, "files": [{"path": "w.bin", "bytes": 5}]}')
+"#,
+    );
+    assert!(
+        f.stderr.contains("step-8: no MANIFEST.json"),
+        "{}",
+        f.stderr
+    );
+    assert_one_timed_save(&rep, 8);
+    assert!(rep.get("skipped").is_none(), "stale entry kept: {rep}");
+
+    // A Hugging Face directory saved again in place, trainer_state.json last.
+    mkdir(&c.join("checkpoint-9"));
+    fs::write(c.join("checkpoint-9/trainer_state.json"), b"{}").unwrap();
+    let (_, rep) = run_py(
+        &dir,
+        r#"
+import os, time
+d = os.environ["TJ_CHECKPOINT_DIR"] + "/checkpoint-9"
+with open(d + "/model.safetensors", "wb") as f:
+    f.write(b"w"); f.flush(); time.sleep(0.2)
+with open(d + "/trainer_state.json", "w") as f:
+    f.write('{"global_step": 9}')
+"#,
+    );
+    assert_eq!(rep["resumedFrom"]["step"], 9);
+    assert_one_timed_save(&rep, 9);
+}
+
+#[test]
+fn hugging_face_jit_save_completes_when_its_incomplete_marker_goes() {
+    let dir = TempDir::new("hf-jit");
+    // What transformers' trainer_jit_checkpoint.py does: makedirs, marker,
+    // _save_checkpoint (trainer_state.json last), remove the marker.
+    let (_, rep) = run_py(
+        &dir,
+        r#"
+import os, time
+d = os.environ["TJ_CHECKPOINT_DIR"] + "/checkpoint-12"
+os.makedirs(d)
+open(d + "/checkpoint-is-incomplete.txt", "w").write("in progress")
+open(d + "/model.safetensors", "wb").write(b"w" * 100)
+open(d + "/trainer_state.json", "w").write('{"global_step": 12}')
+time.sleep(0.2)
+os.remove(d + "/checkpoint-is-incomplete.txt")
+"#,
+    );
+    assert_one_timed_save(&rep, 12);
+    let (f, rep) = resolve(&dir);
+    assert!(
+        f.stdout.trim().ends_with("checkpoint-12 step=12"),
+        "{}",
+        f.stdout
+    );
+    assert_eq!(rep["resumedFrom"]["step"], 12);
 }
 
 #[test]
@@ -395,6 +535,26 @@ fn report_stays_under_4096_bytes_whatever_the_path_lengths() {
     assert_eq!(shown + rep["skippedOmitted"].as_u64().unwrap(), 300);
     assert!(raw.len() > 3000, "used the space: {}", raw.len());
     assert!(f.stdout.trim().ends_with("/step-1.ckpt step=1"));
+
+    // A pod with many containers leaves this one a smaller share of the
+    // kubelet's 12 KiB: the report shrinks to it, still whole JSON.
+    for budget in [1024usize, 256, 64] {
+        let mut cmd = launcher_with(
+            &dir,
+            &["--report-max-bytes", &budget.to_string()],
+            &["true"],
+        );
+        cmd.env("TJ_CHECKPOINT_DIR", &deep);
+        assert_eq!(run(cmd).code(), 0);
+        let raw = fs::read(dir.report_path()).unwrap();
+        assert!(raw.len() <= budget, "{budget}: {} bytes", raw.len());
+        let rep: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        assert_eq!(rep["state"], "completed", "{budget}: {rep}");
+        if budget >= 256 {
+            assert_eq!(rep["lastCheckpoint"]["step"], 1, "{budget}: {rep}");
+            assert_eq!(rep["exitCode"], 0, "{budget}: {rep}");
+        }
+    }
 }
 
 #[test]

@@ -62,6 +62,7 @@ fn sigterm_mid_run_saves_reports_and_next_start_resumes_at_next_step() {
     assert!(rep["signal"]["atUnixMs"].as_u64().unwrap() > 1_600_000_000_000);
     assert!(rep["signalToExitSeconds"].as_f64().unwrap() > 0.0);
     assert!(rep.get("termSignal").is_none());
+    assert_eq!(rep["signalHonoured"], true, "{rep}");
     assert_eq!(rep["saves"]["count"], 1, "{rep}");
     assert!(rep["saves"]["lastSeconds"].as_f64().unwrap() > 0.0, "{rep}");
     assert!(rep["saves"]["lastBytes"].as_u64().unwrap() > 0);
@@ -332,4 +333,92 @@ fn environment_for_the_trainer() {
     );
     assert!(line.contains(dir.shm().to_str().unwrap()), "{line}");
     assert_eq!(dir.report()["attempt"], 4);
+}
+
+/// Counts steps, records each in the progress file, checkpoints step 2, and
+/// ignores SIGTERM.
+const IGNORES_SIGTERM: &str = r#"
+import json, os, signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+d, progress = os.environ["TJ_CHECKPOINT_DIR"], os.environ["TJ_PROGRESS_FILE"]
+step = 0
+while True:
+    step += 1
+    time.sleep(0.01)
+    with open(progress + ".part", "w") as f:
+        json.dump({"step": step}, f)
+    os.replace(progress + ".part", progress)
+    if step == 2:
+        with open(f"{d}/step-2.ckpt.tmp", "wb") as f:
+            f.write(b"weights")
+        os.rename(f"{d}/step-2.ckpt.tmp", f"{d}/step-2.ckpt")
+    print(f"step {step}", flush=True)
+"#;
+
+#[test]
+fn a_trainer_that_ignores_sigterm_is_reported_before_the_sigkill() {
+    let dir = TempDir::new("ignores");
+    let mut r = Running::start(launcher_with(
+        &dir,
+        &["--grace-seconds", "1"],
+        &["python3", "-c", IGNORES_SIGTERM],
+    ));
+    r.wait_line("step 5");
+    r.signal(libc::SIGTERM);
+    let path = dir.report_path();
+    r.wait_until("the report to say the signal was not honoured", |_| {
+        read_report(&path).is_some_and(|v| v["signalHonoured"] == false)
+    });
+    // What the kubelet does when the grace period is over.
+    r.kill_container();
+    let f = r.wait();
+    assert_eq!(f.code(), 128 + libc::SIGKILL);
+    assert!(f.stderr.contains("did not honour"), "{}", f.stderr);
+    let rep = dir.report();
+    assert_eq!(rep["state"], "signalled", "a preemption: {rep}");
+    assert_eq!(rep["signalHonoured"], false, "{rep}");
+    assert_eq!(rep["signal"]["name"], "SIGTERM");
+    assert_eq!(rep["lastCheckpoint"]["step"], 2, "{rep}");
+    let last = rep["lastStep"].as_u64().expect("last step");
+    assert!(last >= 5, "{rep}");
+    assert!(rep.get("exitCode").is_none(), "{rep}");
+}
+
+#[test]
+fn operator_flags_win_over_the_templates_env() {
+    let dir = TempDir::new("flags");
+    let echo = "echo grace=$TJ_GRACE_SECONDS deadline=$TJ_DEADLINE_SECONDS \
+                attempt=$TJ_ATTEMPT rank=$TJ_RANK";
+    let report = dir.report_path();
+    let mut cmd = launcher_with(
+        &dir,
+        &[
+            "--report",
+            report.to_str().unwrap(),
+            "--grace-seconds",
+            "12",
+            "--attempt",
+            "7",
+            "--rank",
+            "0",
+            "--report-max-bytes",
+            "1024",
+        ],
+        &["sh", "-c", echo],
+    );
+    // What a template could set to turn the report off or mislead.
+    cmd.env("TJ_REPORT_PATH", "/nonexistent/report")
+        .env("TJ_GRACE_SECONDS", "45")
+        .env("TJ_ATTEMPT", "4")
+        .env("TJ_RANK", "3")
+        .env("TJ_REPORT_MAX_BYTES", "64");
+    let f = run(cmd);
+    assert_eq!(f.code(), 0, "{}", f.stderr);
+    assert_eq!(f.stdout.trim(), "grace=12 deadline=11 attempt=7 rank=0");
+    let rep = dir.report();
+    assert_eq!(rep["attempt"], 7);
+    assert_eq!(rep["state"], "completed");
+    // Rank 0's lock, not rank 3's.
+    assert!(dir.ckpt().join(".tj/rank-0.lock").is_file());
+    assert!(!dir.ckpt().join(".tj/rank-3.lock").exists());
 }

@@ -86,10 +86,15 @@ impl Drop for TempDir {
 /// LAUNCHER_BIN runs the suite against another build (the static release
 /// binary that ships).
 pub fn launcher(dir: &TempDir, cmd: &[&str]) -> Command {
+    launcher_with(dir, &[], cmd)
+}
+
+/// [`launcher`] with `launcher run` flags before the `--`.
+pub fn launcher_with(dir: &TempDir, flags: &[&str], cmd: &[&str]) -> Command {
     let bin =
         std::env::var_os("LAUNCHER_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_launcher").into());
     let mut c = Command::new(bin);
-    c.arg("run").arg("--").args(cmd);
+    c.arg("run").args(flags).arg("--").args(cmd);
     for k in [
         "TJ_RESUME_PATH",
         "TJ_RESUME_STEP",
@@ -99,6 +104,8 @@ pub fn launcher(dir: &TempDir, cmd: &[&str]) -> Command {
         "TJ_DEADLINE_FILE",
         "TJ_PROGRESS_FILE",
         "TJ_WORLD_SIZE",
+        "TJ_REPORT_MAX_BYTES",
+        "TJ_LOCK_TIMEOUT_SECONDS",
     ] {
         c.env_remove(k);
     }
@@ -299,6 +306,26 @@ pub fn run(cmd: Command) -> Finished {
 /// Whether a process exists at all (a zombie still does).
 pub fn exists(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Whether a process exists and has not exited (a zombie has: its files,
+/// and so its locks, are already released).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = &s[s.rfind(')')? + 1..];
+            after
+                .split_whitespace()
+                .next()
+                .map(|st| st != "Z" && st != "X")
+        })
+        .unwrap_or(false)
+}
+
+/// The report at `path`, if it is there and parses (for polling it).
+pub fn read_report(path: &Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 pub fn names_in(dir: &Path) -> Vec<String> {
