@@ -1,36 +1,71 @@
 //! Leader election on a coordination.k8s.io Lease, so two replicas give a
 //! warm standby and never two active controllers.
 //!
-//! The timings follow client-go's: a leader renews every `RETRY`; one that
-//! cannot renew within `RENEW_DEADLINE` stops acting (the process exits and
-//! its restart rejoins as a candidate); a candidate takes over a lease
-//! whose holder has not renewed for `LEASE_DURATION`. Because
-//! RENEW_DEADLINE < LEASE_DURATION, the old leader has stopped before a new
-//! one can start. Every write is a compare-and-swap on resourceVersion.
+//! It follows client-go's leaderelection. A leader renews every `RETRY`. A
+//! leader that has not renewed within `RENEW_DEADLINE` of sending its last
+//! successful write stops acting: `hold` resolves, and the process exits
+//! and its restart rejoins as a candidate. A candidate takes over only
+//! after it has itself seen the Lease unchanged for the holder's
+//! leaseDurationSeconds, timed on its own monotonic clock (see
+//! `record::Observation`). The holder's renewTime is never compared with
+//! the local wall clock, so clock skew between nodes cannot cause a takeover.
+//! The standby starts its clock after the leader's write has landed, and
+//! the leader starts its clock before sending. RENEW_DEADLINE <
+//! LEASE_DURATION then means the old leader has stopped before a new one
+//! can start.
+//!
+//! Every write is a compare-and-swap on the resourceVersion read; a 409
+//! means another replica wrote first, which is a lost race, not an error.
+//!
+//! No maintained crate fits: kube-lease-manager (kube 5) and kubert's
+//! lease both judge expiry as renewTime + duration against the wall clock.
 
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+mod record;
+#[cfg(test)]
+mod tests;
+
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::{Api, Client};
-use std::time::{Duration, Instant};
-use tracing::{info, warn};
+use record::{Observation, Step};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 pub const RETRY: Duration = Duration::from_secs(2);
+/// Release runs during shutdown: if the API server does not answer within
+/// this time, the standby waits out the lease instead of the process
+/// hanging on exit.
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct Elector {
     api: Api<Lease>,
     name: String,
     identity: String,
+    state: Mutex<State>,
 }
 
-/// What one try at the lease found.
+#[derive(Default)]
+struct State {
+    /// What this replica last read of the Lease, and since when.
+    observed: Option<Observation>,
+    /// While this replica holds the lease: when it sent its last write
+    /// that succeeded, the start of its renew deadline.
+    held_since: Option<Instant>,
+}
+
+/// What one try at the lease came to.
 #[derive(Debug, PartialEq)]
-enum Outcome {
+enum Attempt {
     Held,
-    HeldByOther(String),
+    /// Another replica holds a claim not yet seen to lapse.
+    Standby(String),
+    /// Someone wrote between our read and our write (409).
+    LostRace,
 }
 
 impl Elector {
@@ -39,6 +74,7 @@ impl Elector {
             api: Api::namespaced(client, namespace),
             name: name.into(),
             identity,
+            state: Mutex::default(),
         }
     }
 
@@ -51,16 +87,17 @@ impl Elector {
         let mut logged_holder = None;
         loop {
             match self.try_acquire_or_renew().await {
-                Ok(Outcome::Held) => {
+                Ok(Attempt::Held) => {
                     info!(identity = %self.identity, lease = %self.name, "became the leader");
                     return;
                 }
-                Ok(Outcome::HeldByOther(holder)) => {
+                Ok(Attempt::Standby(holder)) => {
                     if logged_holder.as_ref() != Some(&holder) {
                         info!(leader = %holder, "standing by: another replica leads");
                         logged_holder = Some(holder);
                     }
                 }
+                Ok(Attempt::LostRace) => debug!("another replica wrote the lease first"),
                 Err(e) => warn!("leader election: {e}"),
             }
             tokio::time::sleep(RETRY).await;
@@ -68,22 +105,33 @@ impl Elector {
     }
 
     /// Renews the lease until it cannot, then returns: the caller must stop
-    /// acting at once.
+    /// acting at once. Returns at once when the lease is not held.
     pub async fn hold(&self) {
-        let mut last_renewed = Instant::now();
         loop {
-            tokio::time::sleep(RETRY).await;
-            match self.try_acquire_or_renew().await {
-                Ok(Outcome::Held) => last_renewed = Instant::now(),
-                Ok(Outcome::HeldByOther(holder)) => {
+            let Some(since) = self.state().held_since else {
+                return;
+            };
+            // The deadline covers the wait and the call: an API server that
+            // never answers must not keep a leader acting past it.
+            let renew = async {
+                tokio::time::sleep(RETRY).await;
+                self.try_acquire_or_renew().await
+            };
+            match tokio::time::timeout_at(since + RENEW_DEADLINE, renew).await {
+                Err(_) => {
+                    warn!("could not renew the lease for {RENEW_DEADLINE:?}: stopping");
+                    self.state().held_since = None;
+                    return;
+                }
+                Ok(Ok(Attempt::Held)) => debug!(lease = %self.name, "renewed the lease"),
+                Ok(Ok(Attempt::Standby(holder))) => {
                     warn!(leader = %holder, "lost the lease to another replica");
                     return;
                 }
-                Err(e) => warn!("renewing the lease failed: {e}"),
-            }
-            if last_renewed.elapsed() >= RENEW_DEADLINE {
-                warn!("could not renew the lease for {RENEW_DEADLINE:?}");
-                return;
+                // Only a read shows whether it was a harmless write or a
+                // takeover; the next try reads again.
+                Ok(Ok(Attempt::LostRace)) => warn!("renewing the lease raced another write"),
+                Ok(Err(e)) => warn!("renewing the lease failed: {e}"),
             }
         }
     }
@@ -91,91 +139,96 @@ impl Elector {
     /// Gives the lease up on a clean shutdown (a rollout, a drain), so the
     /// standby takes over on its next try instead of after LEASE_DURATION.
     pub async fn release(&self) {
-        let result = async {
-            let Some(mut lease) = self.api.get_opt(&self.name).await? else {
-                return Ok(());
-            };
-            let spec = lease.spec.get_or_insert_with(Default::default);
-            if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
-                return Ok(());
-            }
-            spec.holder_identity = None;
-            spec.lease_duration_seconds = Some(1);
-            spec.renew_time = Some(MicroTime(Timestamp::now()));
-            self.api
-                .replace(&self.name, &PostParams::default(), &lease)
-                .await
-                .map(|_| ())
-        }
-        .await;
-        match result {
-            Ok(()) => info!(lease = %self.name, "released the lease"),
-            Err(e) => {
+        self.state().held_since = None;
+        match tokio::time::timeout(RELEASE_TIMEOUT, self.try_release()).await {
+            Ok(Ok(true)) => info!(lease = %self.name, "released the lease"),
+            Ok(Ok(false)) => debug!("not the holder: nothing to release"),
+            Ok(Err(e)) => {
                 warn!("could not release the lease (the standby takes over when it expires): {e}")
+            }
+            Err(_) => {
+                warn!("releasing the lease timed out (the standby takes over when it expires)")
             }
         }
     }
 
-    async fn try_acquire_or_renew(&self) -> kube::Result<Outcome> {
-        let now = MicroTime(Timestamp::now());
-        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(self.name.clone()),
-                    ..Default::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(self.identity.clone()),
-                    lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
-                    acquire_time: Some(now.clone()),
-                    renew_time: Some(now),
-                    lease_transitions: Some(0),
-                    ..Default::default()
-                }),
-            };
-            return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(Outcome::Held),
-                Err(kube::Error::Api(e)) if e.code == 409 => {
-                    Ok(Outcome::HeldByOther("someone".into()))
-                }
-                Err(e) => Err(e),
-            };
+    /// Clears the holder if it is still this replica, compare-and-swap on
+    /// the version read: a 409 means it was no longer ours to give.
+    async fn try_release(&self) -> kube::Result<bool> {
+        let Some(lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(false);
         };
-        let spec = lease.spec.get_or_insert_with(Default::default);
-        let holder = spec.holder_identity.clone().unwrap_or_default();
-        let mine = holder == self.identity;
-        if !mine && !holder.is_empty() && !expired(spec, now.0) {
-            return Ok(Outcome::HeldByOther(holder));
+        let spec = lease.spec.as_ref();
+        if spec.and_then(record::holder) != Some(self.identity.as_str()) {
+            return Ok(false);
         }
-        if !mine {
-            spec.holder_identity = Some(self.identity.clone());
-            spec.acquire_time = Some(now.clone());
-            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-        }
-        spec.renew_time = Some(now);
-        spec.lease_duration_seconds = Some(LEASE_DURATION.as_secs() as i32);
-        // replace carries the resourceVersion we read: if anyone wrote in
-        // between, this fails with 409 and nobody holds it twice.
+        let lease = record::released(lease, Timestamp::now());
         match self
             .api
             .replace(&self.name, &PostParams::default(), &lease)
             .await
         {
-            Ok(_) => Ok(Outcome::Held),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Outcome::HeldByOther(holder)),
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
             Err(e) => Err(e),
         }
     }
+
+    /// One read, one decision, at most one write.
+    async fn try_acquire_or_renew(&self) -> kube::Result<Attempt> {
+        let current = self.api.get_opt(&self.name).await?;
+        let step = {
+            let mut state = self.state();
+            let (now, wall) = (Instant::now(), Timestamp::now());
+            record::decide(&mut state.observed, current, &self.identity, now, wall)
+        };
+        let write = match step {
+            Step::Standby(holder) => {
+                self.state().held_since = None;
+                return Ok(Attempt::Standby(holder));
+            }
+            Step::Create(mut lease) => {
+                lease.metadata.name = Some(self.name.clone());
+                Write::Create(lease)
+            }
+            Step::Claim(lease) => Write::Replace(lease),
+        };
+        self.write(write).await
+    }
+
+    /// Sends a claim. The renew deadline starts before sending: the server
+    /// may commit it at any point until the answer arrives.
+    async fn write(&self, write: Write) -> kube::Result<Attempt> {
+        let sent = Instant::now();
+        let pp = PostParams::default();
+        let result = match &write {
+            Write::Create(lease) => self.api.create(&pp, lease).await,
+            Write::Replace(lease) => self.api.replace(&self.name, &pp, lease).await,
+        };
+        match result {
+            Ok(written) => {
+                let mut state = self.state();
+                state.observed = Some(Observation::update(None, &written, Instant::now()));
+                state.held_since = Some(sent);
+                Ok(Attempt::Held)
+            }
+            // Create: AlreadyExists; replace: Conflict. Both 409, both a
+            // race another replica won; the next read says who holds it.
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::LostRace),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Never held across an await, so a poisoned lock only means a panic
+        // elsewhere; the state itself is still whole.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
-fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
-    let duration = spec
-        .lease_duration_seconds
-        .unwrap_or(LEASE_DURATION.as_secs() as i32);
-    match &spec.renew_time {
-        None => true,
-        Some(renewed) => now.duration_since(renewed.0).as_secs() >= i64::from(duration),
-    }
+enum Write {
+    Create(Lease),
+    Replace(Lease),
 }
 
 /// This replica's name in the lease: the pod name when in a pod.
@@ -184,29 +237,4 @@ pub fn identity() -> String {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::jiff::SignedDuration;
-
-    #[test]
-    fn a_lease_expires_after_its_duration_without_renewal() {
-        let now: Timestamp = "2026-01-01T00:01:00Z".parse().unwrap();
-        let spec = |ago: i64| LeaseSpec {
-            renew_time: Some(MicroTime(now - SignedDuration::from_secs(ago))),
-            lease_duration_seconds: Some(15),
-            ..Default::default()
-        };
-        assert!(!expired(&spec(14), now));
-        assert!(expired(&spec(15), now));
-        assert!(expired(&LeaseSpec::default(), now));
-    }
-
-    #[test]
-    fn a_leader_stops_before_a_standby_may_start() {
-        assert!(RENEW_DEADLINE < LEASE_DURATION);
-        assert!(RETRY * 3 <= RENEW_DEADLINE);
-    }
 }
