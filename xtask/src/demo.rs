@@ -193,14 +193,16 @@ fn jsonpath(paths: &Paths, object: &str, path: &str) -> String {
 pub fn install_operator(paths: &Paths) -> Result<()> {
     step("helm upgrade --install trainingjob-operator charts/trainingjob-operator");
     let helm = crate::helm::helm(paths)?.join("helm");
-    // The tag is always `dev`: an annotation with the image's input hash
-    // rolls the pod exactly when the image was rebuilt.
+    // This checkout's image, not the chart's published one. Its tag is
+    // always `dev`: an annotation with the image's input hash rolls the pod
+    // exactly when the image was rebuilt.
     let image_key = crate::images::imported_key(crate::images::OPERATOR_IMAGE).unwrap_or_default();
     run(Command::new(helm)
         .env("KUBECONFIG", paths.kubeconfig())
         .args(["upgrade", "--install", OPERATOR, "charts/trainingjob-operator"])
         .args(["--namespace", "trainingjob-system", "--create-namespace", "--take-ownership"])
         .args(["--set", &format!("watchNamespace={NAMESPACE}")])
+        .args(crate::images::operator_image_values())
         .args(["--set-string", &format!("podAnnotations.trainingjob\\.dev/image={image_key}")])
         .args(["--wait", "--timeout", "180s"])
         .current_dir(&paths.root))

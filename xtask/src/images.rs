@@ -26,6 +26,20 @@ pub const TRAINER_IMAGE: &str = "localhost/tjo-trainer:dev";
 /// The operator and the launcher, static, from the repository's Dockerfile.
 pub const OPERATOR_IMAGE: &str = "localhost/trainingjob-operator:dev";
 
+/// `helm --set` arguments that point the chart at `OPERATOR_IMAGE`, this
+/// checkout's build, instead of the chart's published image.
+pub fn operator_image_values() -> [String; 4] {
+    let (repository, tag) = OPERATOR_IMAGE
+        .rsplit_once(':')
+        .expect("OPERATOR_IMAGE has a tag");
+    [
+        "--set".into(),
+        format!("image.repository={repository}"),
+        "--set".into(),
+        format!("image.tag={tag}"),
+    ]
+}
+
 /// The containerd image label that holds the inputs' hash.
 const INPUTS_LABEL: &str = "dev.trainingjob.inputs";
 
@@ -103,25 +117,86 @@ fn ensure_python_image(paths: &Paths) -> Result<()> {
 /// The repository's Dockerfile with the static operator and launcher as
 /// its context.
 fn ensure_operator_image(paths: &Paths) -> Result<()> {
+    let (archive, key) = operator_archive(paths)?;
+    import(&archive, &key, OPERATOR_IMAGE)
+}
+
+/// The operator's image as a cached OCI archive (built if its inputs
+/// changed), and its inputs' hash.
+fn operator_archive(paths: &Paths) -> Result<(PathBuf, String)> {
     let bin = crate::release::static_binaries(paths)?;
     let ctx = context_dir(paths, "operator")?;
     for name in ["trainingjob-operator", "launcher"] {
         std::fs::copy(bin.join(name), ctx.join(name))
             .with_context(|| format!("copying {name} into the image's context"))?;
     }
-    build_image(paths, &paths.root.join("Dockerfile"), &ctx, OPERATOR_IMAGE)
+    build_archive(paths, &paths.root.join("Dockerfile"), &ctx, OPERATOR_IMAGE)
+}
+
+/// `cargo xtask images --oci-archive PATH --push REF`: the operator's image
+/// (the one image a cluster runs; trainer images are the users' own) named
+/// `reference`, written to `oci_archive` and/or pushed to its registry.
+/// Needs no cluster. buildah pushes with the credentials of `buildah login`
+/// (or `REGISTRY_AUTH_FILE`).
+pub fn export_operator(
+    paths: &Paths,
+    reference: &str,
+    oci_archive: Option<&Path>,
+    push: bool,
+) -> Result<()> {
+    let (archive, _) = operator_archive(paths)?;
+    run(buildah(paths)
+        .args(["pull", "--quiet"])
+        .arg(format!("oci-archive:{}", archive.display()))
+        .stdout(Stdio::null()))?;
+    run(buildah(paths).args(["tag", OPERATOR_IMAGE, reference]))?;
+    let result = (|| {
+        if let Some(path) = oci_archive {
+            let partial = path.with_extension("partial");
+            let _ = std::fs::remove_file(&partial);
+            run(buildah(paths)
+                .args(["push", "--quiet", reference])
+                .arg(format!("oci-archive:{}:{reference}", partial.display())))?;
+            std::fs::rename(&partial, path)?;
+            step(format!("wrote {reference} to {}", path.display()));
+        }
+        if push {
+            step(format!("pushing {reference}"));
+            run(buildah(paths)
+                .args(["push", "--quiet", reference])
+                .arg(format!("docker://{reference}")))
+            .with_context(|| format!("pushing {reference}; log in with `buildah login` first"))?;
+        }
+        Ok(())
+    })();
+    // The store only ever holds images on their way to an archive.
+    let _ = output(buildah(paths).args(["rmi", "--force", reference, OPERATOR_IMAGE]));
+    result
 }
 
 /// The hook for every image: builds `containerfile` with `context` as `tag`
 /// and imports it into the node's containerd (namespace `k8s.io`, where the
-/// kubelet looks). Skips the build when an archive of the same inputs is
-/// cached, and the import when containerd already holds them.
+/// kubelet looks). Skips the import when containerd already holds an image
+/// of the same inputs.
+pub fn build_image(paths: &Paths, containerfile: &Path, context: &Path, tag: &str) -> Result<()> {
+    let (archive, key) = build_archive(paths, containerfile, context, tag)?;
+    import(&archive, &key, tag)
+}
+
+/// The OCI archive of `containerfile` built with `context` as `tag`, and
+/// its inputs' hash. Built only when no archive of the same inputs is
+/// cached.
 ///
 /// A `FROM` naming another of our `localhost/` images is loaded into
 /// buildah from that image's cached archive (never from a registry), and
 /// the base's archive name, which carries its inputs' hash, is one of this
 /// image's inputs: rebuilding a base rebuilds what is built on it.
-pub fn build_image(paths: &Paths, containerfile: &Path, context: &Path, tag: &str) -> Result<()> {
+fn build_archive(
+    paths: &Paths,
+    containerfile: &Path,
+    context: &Path,
+    tag: &str,
+) -> Result<(PathBuf, String)> {
     let archives = paths.cache.join("images");
     std::fs::create_dir_all(&archives)?;
     let mut bases = Vec::new();
@@ -138,46 +213,53 @@ pub fn build_image(paths: &Paths, containerfile: &Path, context: &Path, tag: &st
     for (_, archive) in &bases {
         key = sha256(&format!("{key} {}", archive.display()))?;
     }
-    if imported_key(tag).as_deref() == Some(key.as_str()) {
+    let archive = archives.join(format!("{}-{}.oci.tar", file_stem(tag), &key[..16]));
+    if archive.is_file() {
+        return Ok((archive, key));
+    }
+    apt_install(&["buildah"])?;
+    step(format!("building {tag} with buildah"));
+    for (base, base_archive) in &bases {
+        if !succeeds(buildah(paths).args(["inspect", "--type", "image", base])) {
+            run(buildah(paths)
+                .args(["pull", "--quiet"])
+                .arg(format!("oci-archive:{}", base_archive.display()))
+                .stdout(Stdio::null()))?;
+        }
+    }
+    let partial = archive.with_extension("partial");
+    let _ = std::fs::remove_file(&partial);
+    run(buildah(paths)
+        .args(["bud", "--isolation", "chroot", "--layers=false"])
+        .args(["--pull=never", "--quiet", "-f"])
+        .arg(containerfile)
+        .args(["-t", tag])
+        .arg(context)
+        .stdout(Stdio::null()))
+    .with_context(|| format!("building {tag}"))?;
+    run(buildah(paths)
+        .args(["push", "--quiet", tag])
+        .arg(format!("oci-archive:{}:{tag}", partial.display())))?;
+    // The archive is the cached artefact; a second copy in buildah's
+    // vfs store would only double the disk use.
+    let _ = output(buildah(paths).args(["rmi", "--force", tag]));
+    prune_archives(&archives, tag);
+    std::fs::rename(&partial, &archive)?;
+    Ok((archive, key))
+}
+
+/// Imports `archive` into the node's containerd as `tag`, labelled with its
+/// inputs' hash; a no-op when containerd already holds those inputs.
+fn import(archive: &Path, key: &str, tag: &str) -> Result<()> {
+    if imported_key(tag).as_deref() == Some(key) {
         step(format!("{tag} is up to date"));
         return Ok(());
     }
     let started = Instant::now();
-    let archive = archives.join(format!("{}-{}.oci.tar", file_stem(tag), &key[..16]));
-    if !archive.is_file() {
-        apt_install(&["buildah"])?;
-        step(format!("building {tag} with buildah"));
-        for (base, base_archive) in &bases {
-            if !succeeds(buildah(paths).args(["inspect", "--type", "image", base])) {
-                run(buildah(paths)
-                    .args(["pull", "--quiet"])
-                    .arg(format!("oci-archive:{}", base_archive.display()))
-                    .stdout(Stdio::null()))?;
-            }
-        }
-        let partial = archive.with_extension("partial");
-        let _ = std::fs::remove_file(&partial);
-        run(buildah(paths)
-            .args(["bud", "--isolation", "chroot", "--layers=false"])
-            .args(["--pull=never", "--quiet", "-f"])
-            .arg(containerfile)
-            .args(["-t", tag])
-            .arg(context)
-            .stdout(Stdio::null()))
-        .with_context(|| format!("building {tag}"))?;
-        run(buildah(paths)
-            .args(["push", "--quiet", tag])
-            .arg(format!("oci-archive:{}:{tag}", partial.display())))?;
-        // The archive is the cached artefact; a second copy in buildah's
-        // vfs store would only double the disk use.
-        let _ = output(buildah(paths).args(["rmi", "--force", tag]));
-        prune_archives(&archives, tag);
-        std::fs::rename(&partial, &archive)?;
-    }
     step(format!("importing {tag} into containerd"));
     run(ctr()
         .args(["images", "import"])
-        .arg(&archive)
+        .arg(archive)
         .stdout(Stdio::null()))
     .with_context(|| format!("importing {}", archive.display()))?;
     run(ctr()

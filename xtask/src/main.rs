@@ -34,8 +34,29 @@ enum Cmd {
         #[command(subcommand)]
         action: ClusterCmd,
     },
-    /// Build the project's images offline with buildah and import them into containerd.
-    Images,
+    /// Build the project's images offline with buildah and import them into
+    /// containerd. With --push or --oci-archive: the operator's image only,
+    /// for a real cluster, and no local cluster is needed.
+    Images {
+        /// Push the operator's image to REGISTRY/REPO[:TAG] (tag default:
+        /// the chart's appVersion), with the credentials of `buildah login`.
+        #[arg(long, value_name = "REGISTRY/REPO[:TAG]")]
+        push: Option<String>,
+        /// Write the operator's image to this OCI archive, named as --push
+        /// says or else as the chart's default image.
+        #[arg(long, value_name = "PATH")]
+        oci_archive: Option<std::path::PathBuf>,
+    },
+    /// Write what a platform team ships into --out: the operator's image as
+    /// an OCI archive and the chart packaged by `helm package`.
+    Release {
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+        /// The image's name in the archive (default: the chart's own,
+        /// tagged with its appVersion).
+        #[arg(long, value_name = "REGISTRY/REPO[:TAG]")]
+        image: Option<String>,
+    },
     /// Regenerate crds/ from the Rust types.
     Crd,
     /// The pinned helm (built on first use) against the local cluster, e.g.
@@ -114,7 +135,18 @@ fn main() -> Result<()> {
                 }
             }
         },
-        Cmd::Images => images::build_and_import(&paths),
+        Cmd::Images {
+            push: None,
+            oci_archive: None,
+        } => images::build_and_import(&paths),
+        Cmd::Images { push, oci_archive } => {
+            let image = match &push {
+                Some(r) => release::with_default_tag(&paths, r)?,
+                None => release::chart_image(&paths)?,
+            };
+            images::export_operator(&paths, &image, oci_archive.as_deref(), push.is_some())
+        }
+        Cmd::Release { out, image } => release::release(&paths, &out, image.as_deref()),
         Cmd::Crd => test::regenerate_crd(&paths),
         Cmd::Helm { sync_crd, args } => {
             if sync_crd {
