@@ -9,6 +9,8 @@
 // attribute given twice.
 #![allow(clippy::duplicated_attributes)]
 
+mod cel;
+pub mod checks;
 mod schema;
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
@@ -35,6 +37,9 @@ pub const TRAINER_CONTAINER: &str = "trainer";
     category = "all",
     namespaced,
     status = "TrainingJobStatus",
+    validation = schema::name_length_rule(),
+    validation = schema::name_dns_label_rule(),
+    validation = schema::hostname_length_rule(),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -66,6 +71,7 @@ pub const TRAINER_CONTAINER: &str = "trainer";
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = schema::spec_rules()))]
 pub struct TrainingJobSpec {
     /// Number of pods in the gang, one per node. Each pod gets its RANK
     /// (0..replicas-1) and WORLD_SIZE in its environment. Replicas above 1

@@ -110,3 +110,60 @@ fn conditions_are_a_list_map_keyed_by_type() {
     assert_eq!(conditions["x-kubernetes-list-type"], "map");
     assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));
 }
+
+fn openapi() -> serde_json::Value {
+    let crd = serde_json::to_value(TrainingJob::crd()).unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+fn messages(rules: &serde_json::Value) -> Vec<String> {
+    rules
+        .as_array()
+        .unwrap_or_else(|| panic!("no rules: {rules}"))
+        .iter()
+        .map(|r| {
+            let m = r.get("message").or_else(|| r.get("messageExpression"));
+            m.and_then(|m| m.as_str()).unwrap_or_default().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn the_crd_carries_the_admission_rules_where_cel_can_reach_their_fields() {
+    let root = openapi();
+    let on_root = messages(&root["x-kubernetes-validations"]);
+    assert!(on_root.iter().any(|m| m.contains("at most 63 characters")));
+    assert!(on_root.iter().any(|m| m.contains("DNS-1035")));
+    let spec = &root["properties"]["spec"];
+    let on_spec = messages(&spec["x-kubernetes-validations"]);
+    assert!(on_spec
+        .iter()
+        .any(|m| m.contains("sizeLimit must be below")));
+    let pod = &spec["properties"]["template"]["properties"]["spec"]["properties"];
+    let on_containers = messages(&pod["containers"]["x-kubernetes-validations"]);
+    for needle in [
+        "shell form",
+        "$(VAR)",
+        "/dev/termination-log",
+        "TJ_*",
+        "tj-",
+    ] {
+        assert!(
+            on_containers.iter().any(|m| m.contains(needle)),
+            "no container rule mentions {needle}"
+        );
+    }
+    for list in ["initContainers", "volumes"] {
+        assert!(messages(&pod[list]["x-kubernetes-validations"])[0].contains("tj-"));
+    }
+}
+
+#[test]
+fn cel_regexes_keep_their_backslashes() {
+    assert_eq!(cel::quote(r"\.x'"), r"'\\.x\''");
+    let rule = serde_json::to_string(&openapi()).unwrap();
+    assert!(
+        rule.contains(r"(/|\\\\./)*"),
+        "the reserved-path regex lost its escapes"
+    );
+}
