@@ -154,3 +154,54 @@ fn kubectl_get_tj_shows_the_printer_columns() {
         ["quickstart", "True", "Running", "2", "1", "1200", "27"]
     );
 }
+
+/// The operator's own checks (for objects stored before a rule existed)
+/// agree with admission on every manifest they cover: each invalid one of
+/// their classes has a problem, no valid one has any.
+#[test]
+fn the_operators_checks_agree_with_admission() {
+    use trainingjob_operator::api::{checks, TrainingJob};
+    let parse = |file: &std::path::Path| -> TrainingJob {
+        serde_yaml::from_str(&fs::read_to_string(file).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+    };
+    let covered = [
+        "name-",
+        "shell-form",
+        "dollar",
+        "mount-",
+        "checkpoint-mount-",
+        "volume-name",
+        "container-name",
+        "init-container-name",
+        "env-",
+    ];
+    for file in yaml_files("tests/invalid") {
+        let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
+        let mine = covered.iter().any(|p| stem.starts_with(p)) && !stem.contains("relative");
+        if mine && !stem.contains("dotdot") {
+            assert!(
+                !checks::problems(&parse(&file)).is_empty(),
+                "{stem} passes the operator's checks"
+            );
+        }
+    }
+    for file in yaml_files("tests/valid")
+        .iter()
+        .chain(&yaml_files("examples"))
+    {
+        let text = fs::read_to_string(file).unwrap();
+        for doc in text
+            .split("\n---\n")
+            .filter(|d| d.contains("kind: TrainingJob"))
+        {
+            let job: TrainingJob = serde_yaml::from_str(doc).unwrap();
+            assert_eq!(
+                checks::problems(&job),
+                Vec::<String>::new(),
+                "{}",
+                file.display()
+            );
+        }
+    }
+}

@@ -4,6 +4,10 @@
 //! can judge, and go further where it cannot (`..` is resolved here).
 
 use super::cel::{OPERATOR_ENV, RESERVED_NAME_PREFIX};
+use super::{TrainingJob, TRAINER_CONTAINER};
+use crate::shell::shell_form;
+use k8s_openapi::api::core::v1::Container;
+use kube::ResourceExt;
 
 /// The mount paths the operator owns in the trainer, with what owns them.
 const RESERVED_PATHS: &[(&str, &str)] = &[
@@ -80,6 +84,92 @@ pub fn name_problem(name: &str, replicas: i32) -> Option<String> {
     } else {
         None
     }
+}
+
+/// Every problem the admission rules would have refused in `job`'s name,
+/// trainer and owned names, one sentence each that names the field. Empty
+/// for a job the current CRD admits (quantities are `quantity::bytes`'s).
+pub fn problems(job: &TrainingJob) -> Vec<String> {
+    let spec = &job.spec;
+    let mut found: Vec<String> = name_problem(&job.name_any(), spec.replicas)
+        .into_iter()
+        .collect();
+    let Some(pod) = spec.template.spec.as_ref() else {
+        return found;
+    };
+    let inits = pod.init_containers.iter().flatten();
+    for c in pod.containers.iter().chain(inits) {
+        if reserved_name(&c.name) {
+            found.push(format!(
+                "container {:?}: the tj- prefix is the operator's",
+                c.name
+            ));
+        }
+    }
+    for v in pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| reserved_name(&v.name))
+    {
+        found.push(format!(
+            "volume {:?}: the tj- prefix is the operator's",
+            v.name
+        ));
+    }
+    if let Some(owner) = reserved_mount_path(&spec.checkpoint.mount_path) {
+        found.push(format!(
+            "checkpoint.mountPath {:?} is {owner}'s",
+            spec.checkpoint.mount_path
+        ));
+    }
+    if let Some(trainer) = trainer(&pod.containers) {
+        found.extend(trainer_problems(trainer, &spec.checkpoint.mount_path));
+    }
+    found
+}
+
+/// The trainer: the container named `trainer`, or the only one.
+fn trainer(containers: &[Container]) -> Option<&Container> {
+    match containers {
+        [only] => Some(only),
+        _ => containers.iter().find(|c| c.name == TRAINER_CONTAINER),
+    }
+}
+
+fn trainer_problems(t: &Container, checkpoint: &str) -> Vec<String> {
+    let command = t.command.as_deref().unwrap_or_default();
+    let args = t.args.as_deref().unwrap_or_default();
+    let mut found = Vec::new();
+    if command.first().is_some_and(|p| p.contains("$(")) {
+        found.push(format!(
+            "the trainer's command[0] {:?} is expanded from env",
+            command[0]
+        ));
+    }
+    if let Some(shell) = shell_form(command, args) {
+        found.push(format!("the trainer's command is shell form: {shell}"));
+    }
+    for m in t.volume_mounts.iter().flatten() {
+        if let Some(owner) = reserved_mount_path(&m.mount_path) {
+            found.push(format!(
+                "the trainer's mount {:?} is {owner}'s",
+                m.mount_path
+            ));
+        } else if canonical_path(&m.mount_path) == canonical_path(checkpoint) {
+            found.push(format!(
+                "the trainer's mount {:?} is the checkpoint claim's",
+                m.mount_path
+            ));
+        }
+    }
+    for e in t.env.iter().flatten().filter(|e| reserved_env(&e.name)) {
+        found.push(format!(
+            "the trainer's env {}: the operator sets it",
+            e.name
+        ));
+    }
+    found
 }
 
 #[cfg(test)]
