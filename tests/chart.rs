@@ -66,11 +66,24 @@ struct Release {
 }
 
 impl Release {
-    /// `helm install --wait`; returns once the Deployment is available, and
-    /// how long that took.
+    /// `helm install --wait` of this checkout's chart with this checkout's
+    /// image (the chart's default is the published one); returns once the
+    /// Deployment is available, and how long that took.
     fn install(name: &str, namespace: &str, args: &[&str]) -> (Self, Duration) {
+        let (repository, tag) = OPERATOR_IMAGE.rsplit_once(':').unwrap();
+        let (repository, tag) = (
+            format!("image.repository={repository}"),
+            format!("image.tag={tag}"),
+        );
+        let mut all = vec!["--set", repository.as_str(), "--set", tag.as_str()];
+        all.extend_from_slice(args);
+        Self::install_from(CHART, name, namespace, &all)
+    }
+
+    /// `helm install --wait` of `chart` (a folder or a packaged .tgz).
+    fn install_from(chart: &str, name: &str, namespace: &str, args: &[&str]) -> (Self, Duration) {
         let started = Instant::now();
-        let mut all = vec!["install", name, CHART, "-n", namespace];
+        let mut all = vec!["install", name, chart, "-n", namespace];
         all.extend_from_slice(args);
         all.extend_from_slice(&["--wait", "--timeout", "180s"]);
         let out = helm(&all);
@@ -742,8 +755,9 @@ fn the_service_account_may_do_what_the_operator_needs_and_nothing_more() {
     };
     let (j, o, x) = (jobs.name.as_str(), op.name.as_str(), other.name.as_str());
     let needed: &[&[&str]] = &[
+        &["get", "trainingjobs.trainingjob.dev", "-n", j],
+        &["list", "trainingjobs.trainingjob.dev", "-n", j],
         &["watch", "trainingjobs.trainingjob.dev", "-n", j],
-        &["patch", "trainingjobs.trainingjob.dev", "-n", j],
         &[
             "patch",
             "trainingjobs.trainingjob.dev",
@@ -751,6 +765,19 @@ fn the_service_account_may_do_what_the_operator_needs_and_nothing_more() {
             "-n",
             j,
         ],
+        // Owner references with blockOwnerDeletion, where
+        // OwnerReferencesPermissionEnforcement is on.
+        &[
+            "update",
+            "trainingjobs.trainingjob.dev",
+            "--subresource=finalizers",
+            "-n",
+            j,
+        ],
+        &["get", "pods", "-n", j],
+        &["watch", "pods", "-n", j],
+        &["watch", "services", "-n", j],
+        &["patch", "events.events.k8s.io", "-n", j],
         &["create", "pods", "-n", j],
         &["patch", "pods", "-n", j],
         &["delete", "pods", "-n", j],
@@ -764,6 +791,21 @@ fn the_service_account_may_do_what_the_operator_needs_and_nothing_more() {
         &["get", &format!("customresourcedefinitions/{CRD}")],
     ];
     let denied: &[&[&str]] = &[
+        // Verbs the operator never uses on what it manages.
+        &["patch", "trainingjobs.trainingjob.dev", "-n", j],
+        &["update", "trainingjobs.trainingjob.dev", "-n", j],
+        &["create", "trainingjobs.trainingjob.dev", "-n", j],
+        &["delete", "trainingjobs.trainingjob.dev", "-n", j],
+        &[
+            "update",
+            "trainingjobs.trainingjob.dev",
+            "--subresource=status",
+            "-n",
+            j,
+        ],
+        &["update", "pods", "-n", j],
+        &["delete", "services", "-n", j],
+        &["delete", "events.events.k8s.io", "-n", j],
         &["get", "secrets", "-n", j],
         &["list", "secrets", "-n", o],
         &["get", "configmaps", "-n", j],
@@ -799,13 +841,21 @@ fn the_service_account_may_do_what_the_operator_needs_and_nothing_more() {
     };
     for args in [
         &["list", "pods", "--all-namespaces"][..],
-        &["patch", "trainingjobs.trainingjob.dev", "-n", x],
+        &["watch", "trainingjobs.trainingjob.dev", "-n", x],
+        &[
+            "update",
+            "trainingjobs.trainingjob.dev",
+            "--subresource=finalizers",
+            "-n",
+            x,
+        ],
         &["create", "events.events.k8s.io", "-n", x],
     ] {
         assert!(can(args), "cluster-wide: {sa} should be allowed {args:?}");
     }
     for args in [
         &["get", "secrets", "-n", x][..],
+        &["patch", "trainingjobs.trainingjob.dev", "-n", x],
         &["list", "secrets", "--all-namespaces"],
         &["create", "clusterroles"],
         &["create", "leases.coordination.k8s.io", "-n", x],
@@ -814,4 +864,217 @@ fn the_service_account_may_do_what_the_operator_needs_and_nothing_more() {
         assert!(!can(args), "cluster-wide: {sa} should be denied {args:?}");
     }
     drop(cluster_wide);
+}
+
+/// The training pods of `ns` that still hold the operator's report finalizer.
+fn pods_holding_the_finalizer(ns: &str) -> Vec<String> {
+    let out = kubectl_ok(&["get", "pods", "-n", ns, "-o", "json"]);
+    let list: Value = serde_json::from_str(&out).unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == "trainingjob.dev/report"))
+        })
+        .map(|p| p["metadata"]["name"].as_str().unwrap_or_default().into())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs the local cluster: cargo xtask test"]
+fn uninstall_while_a_job_runs_leaves_nothing_stuck_and_the_namespace_deletable() {
+    let op = restricted_namespace("chart-bye");
+    let jobs = TempNamespace::new("chart-bye-jobs");
+    let (release, _) = Release::install(
+        "tjo-bye",
+        &op.name,
+        &[
+            "--set",
+            &format!("watchNamespace={}", jobs.name),
+            "--set",
+            "crds.install=false",
+        ],
+    );
+    release.wait_for_leader(1);
+    start_job(&jobs.name, "mid-run", 100_000, 0.05);
+    wait_for_phase(&jobs.name, "mid-run", "Running");
+    assert_eq!(
+        pods_holding_the_finalizer(&jobs.name),
+        vec!["mid-run-a1-r0".to_string()],
+        "the running pod holds the operator's finalizer"
+    );
+
+    let started = Instant::now();
+    let out = helm(&[
+        "uninstall",
+        "tjo-bye",
+        "-n",
+        &op.name,
+        "--wait",
+        "--timeout",
+        "180s",
+    ]);
+    let uninstalled = started.elapsed();
+    assert!(
+        out.status.success(),
+        "helm uninstall: {}\nhook:\n{}",
+        stderr(&out),
+        String::from_utf8_lossy(
+            &kubectl(&[
+                "logs",
+                "-n",
+                &op.name,
+                "job/tjo-bye-trainingjob-operator-uninstall"
+            ])
+            .stdout
+        )
+    );
+    drop(release);
+    assert!(
+        pods_holding_the_finalizer(&jobs.name).is_empty(),
+        "the hook released every pod"
+    );
+    let left = kubectl_ok(&[
+        "get",
+        "deployment,job,serviceaccount,role,rolebinding",
+        "-n",
+        &op.name,
+        "-l",
+        "app.kubernetes.io/instance=tjo-bye",
+        "-o",
+        "name",
+    ]);
+    assert!(left.trim().is_empty(), "left behind: {left}");
+    let left = kubectl_ok(&["get", "role,rolebinding", "-n", &jobs.name, "-o", "name"]);
+    assert!(left.trim().is_empty(), "left behind: {left}");
+
+    // What the user does next: delete the job's namespace. With the
+    // finalizer still on the pod it would hang forever.
+    let started = Instant::now();
+    kubectl_ok(&["delete", "namespace", &jobs.name, "--wait=false"]);
+    wait_until_or(
+        "the job's namespace to be gone",
+        Duration::from_secs(120),
+        || {
+            let out = kubectl(&["get", "namespace", &jobs.name, "-o", "name"]);
+            (!out.status.success() && stderr(&out).contains("NotFound")).then_some(())
+        },
+        || {
+            let pods = kubectl(&["get", "pods", "-n", &jobs.name, "-o", "yaml"]);
+            let ns = kubectl(&["get", "namespace", &jobs.name, "-o", "yaml"]);
+            format!(
+                "namespace:\n{}\npods:\n{}",
+                String::from_utf8_lossy(&ns.stdout),
+                String::from_utf8_lossy(&pods.stdout)
+            )
+        },
+    );
+    println!(
+        "helm uninstall with a job running took {:.1}s (hook included); \
+         the job's namespace was then deleted in {:.1}s",
+        uninstalled.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The release path: `cargo xtask release` writes the operator's image as
+/// an OCI archive and the packaged chart; the archive imports into
+/// containerd, and the chart installs from the .tgz with that image.
+#[test]
+#[ignore = "needs the local cluster: cargo xtask test"]
+fn the_released_archive_imports_and_the_packaged_chart_installs() {
+    let chart: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join(CHART).join("Chart.yaml")).unwrap(),
+    )
+    .unwrap();
+    let (version, app) = (
+        chart["version"].as_str().unwrap(),
+        chart["appVersion"].as_str().unwrap(),
+    );
+    let out_dir = root().join(format!("target/test-release-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let repository = "localhost/tjo-release-test";
+    let image = format!("{repository}:{app}");
+    let xtask = std::env::var_os("TJO_XTASK")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root().join("target/debug/xtask"));
+    let started = Instant::now();
+    let status = Command::new(&xtask)
+        .args(["release", "--out"])
+        .arg(&out_dir)
+        .args(["--image", &image])
+        .current_dir(root())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {xtask:?} ({e}): build it with `cargo xtask`"));
+    assert!(status.success(), "xtask release failed");
+    let built = started.elapsed();
+    let archive = out_dir.join(format!("trainingjob-operator-{app}.oci.tar"));
+    let packaged = out_dir.join(format!("trainingjob-operator-{version}.tgz"));
+    assert!(
+        archive.is_file() && packaged.is_file(),
+        "release wrote {out_dir:?}"
+    );
+
+    // The packaged chart defaults to the published image of its appVersion.
+    let values = helm_ok(&["show", "values", packaged.to_str().unwrap()]);
+    let values: Value = serde_yaml::from_str(&values).unwrap();
+    assert!(values["image"]["repository"]
+        .as_str()
+        .is_some_and(|r| !r.starts_with("localhost/")));
+    assert_eq!(values["image"]["tag"], "");
+
+    let socket = std::env::var("TJO_CONTAINERD_SOCKET")
+        .unwrap_or_else(|_| "/run/tjo-containerd/containerd.sock".into());
+    let ctr = |args: &[&str]| {
+        Command::new("ctr")
+            .args(["--address", &socket, "--namespace", "k8s.io"])
+            .args(args)
+            .output()
+            .expect("ctr")
+    };
+    let _ = ctr(&["images", "rm", &image]);
+    let imported = ctr(&["images", "import", archive.to_str().unwrap()]);
+    assert!(
+        imported.status.success(),
+        "ctr import: {}",
+        stderr(&imported)
+    );
+    let listed = ctr(&["images", "ls", "-q", &format!("name=={image}")]);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), image);
+
+    let op = restricted_namespace("chart-pkg");
+    let jobs = TempNamespace::new("chart-pkg-jobs");
+    let (release, took) = Release::install_from(
+        packaged.to_str().unwrap(),
+        "tjo-pkg",
+        &op.name,
+        &[
+            "--set",
+            &format!("image.repository={repository}"),
+            "--set",
+            "image.pullPolicy=Never",
+            "--set",
+            &format!("watchNamespace={}", jobs.name),
+            "--set",
+            "crds.install=false",
+        ],
+    );
+    let pods = release.pods();
+    assert!(
+        pods.len() == 1 && pods[0].ready && pods[0].image == image,
+        "one Ready operator pod of {image}: {:?}",
+        pods.iter().map(|p| &p.image).collect::<Vec<_>>()
+    );
+    println!(
+        "xtask release (archive + helm package) in {:.1}s; the packaged chart installed \
+         the imported image to a Ready pod in {:.1}s",
+        built.as_secs_f64(),
+        took.as_secs_f64()
+    );
+    drop(release);
+    let _ = ctr(&["images", "rm", &image]);
+    let _ = std::fs::remove_dir_all(&out_dir);
 }

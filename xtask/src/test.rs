@@ -45,6 +45,13 @@ pub fn run_all(paths: &Paths) -> Result<()> {
         .current_dir(&paths.root)
         .env("KUBECONFIG", paths.kubeconfig())
         .env("HELM", helm.join("helm"))
+        // The release test builds its archive with this very xtask and
+        // imports it into the node's containerd.
+        .env("TJO_XTASK", std::env::current_exe()?)
+        .env(
+            "TJO_CONTAINERD_SOCKET",
+            crate::containerd::CONTAINERD_SOCKET,
+        )
         .env("PATH", path)
         .args(["test", "--workspace", "--", "--include-ignored"]))?;
     let lifetimes = watcher.finish()?;

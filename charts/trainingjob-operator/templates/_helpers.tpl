@@ -51,16 +51,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* The verbs the operator uses on what it manages, and no more. Pods and
-Services are created by server-side apply, which needs create as well as
-patch; events go through events.k8s.io. */}}
+{{/* The verbs the operator uses on what it manages, and no more. It reads
+through watches (get, list, watch). Pods, Services and job status are
+written by server-side apply: a PATCH, which needs create as well where
+the object does not exist yet. Releasing the report finalizer is a merge
+PATCH on the pod. Owner references set blockOwnerDeletion, which needs
+update on the owner's finalizers where OwnerReferencesPermissionEnforcement
+is on (OpenShift's default). Events go through events.k8s.io: created, then
+patched as a series when they repeat. */}}
 {{- define "tjo.managedRules" -}}
 - apiGroups: [trainingjob.dev]
   resources: [trainingjobs]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch]
 - apiGroups: [trainingjob.dev]
   resources: [trainingjobs/status]
-  verbs: [get, patch]
+  verbs: [patch]
+- apiGroups: [trainingjob.dev]
+  resources: [trainingjobs/finalizers]
+  verbs: [update]
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, create, patch, delete]
