@@ -247,7 +247,17 @@ fn a_save_that_outlasts_the_grace_period_is_cut_by_sigkill_and_the_previous_chec
     assert_eq!(rep["signalHonoured"], false, "{rep}");
     assert_eq!(rep["signal"]["name"], "SIGTERM");
     assert_eq!(rep["lastStep"], n, "{rep}");
-    assert_eq!(rep["lastCheckpoint"]["step"], 3, "{rep}");
+    // Step 3's save, or a later periodic one when the test saw "saved step
+    // 3" late on a loaded machine and the signal came after it.
+    let saved = f
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("saved step "))
+        .filter_map(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    assert!(saved >= 3 && saved < n, "{}", f.stdout);
+    assert_eq!(rep["lastCheckpoint"]["step"], saved, "{rep}");
     let measured = rep["saves"]["lastSeconds"].as_f64().unwrap();
     // Timed from when the launcher sees each event, so a loaded machine can
     // shave off its wake-up lag.
@@ -255,16 +265,20 @@ fn a_save_that_outlasts_the_grace_period_is_cut_by_sigkill_and_the_previous_chec
 
     let f = run(train(&dir, &args));
     assert_eq!(f.code(), 0, "{}", f.stderr);
-    assert!(f.stdout.starts_with("resumed from step 3 "), "{}", f.stdout);
+    assert!(
+        f.stdout.starts_with(&format!("resumed from step {saved} ")),
+        "{}",
+        f.stdout
+    );
     assert_eq!(f.line_starting("final "), Some(want_final));
     let rep = dir.report();
     assert_eq!(rep["cleaned"]["tmpEntries"], 1, "the torn save was removed");
-    assert_eq!(rep["resumedFrom"]["step"], 3);
+    assert_eq!(rep["resumedFrom"]["step"], saved);
     eprintln!(
         "slow save: {measured:.2}s measured, grace {:.1}s, SIGKILL mid-save of step {n}, \
          {} steps lost, {:.1}s",
         grace.as_secs_f64(),
-        n - 3,
+        n - saved,
         t0.elapsed().as_secs_f64()
     );
 }
