@@ -373,7 +373,7 @@ fn acquire_fence(sv: &mut Supervisor, sfd: &OwnedFd) -> Result<Option<Fence>, i3
         }
         got = fence.try_lock().unwrap_or(false);
     }
-    // Zero when it was free at once (the wait below never ran).
+    // Zero when it was free at once (the loop above never ran).
     let waited = if next_note > Duration::ZERO {
         t0.elapsed().as_secs_f64()
     } else {
