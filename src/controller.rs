@@ -88,6 +88,8 @@ pub async fn run(
 ) {
     let client = ctx.client.clone();
     let (jobs, writer) = reflector::store();
+    let orphans = Arc::new(Orphans::spawn(client.clone(), jobs.clone()));
+    let listed = orphans.clone();
     let forget = ctx.clone();
     let job_events = watcher(
         api::<TrainingJob>(&client, &namespace),
@@ -103,11 +105,11 @@ pub async fn run(
         }
     })
     .reflect(writer)
+    .inspect_ok(move |e| listed.jobs_listed(e))
     .applied_objects();
     // Only the operator's own children are watched, so a busy cluster's
     // other pods cost nothing.
     let children = watcher::Config::default().labels(&managed_selector());
-    let orphans = Orphans::spawn(client.clone(), jobs.clone());
     let index = ctx.clone();
     let pod_events = watcher(api::<Pod>(&client, &namespace), children.clone())
         .default_backoff()
@@ -129,8 +131,11 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
-            if let Err(e) = res {
-                warn!("reconcile stream: {e}");
+            match res {
+                // A child's event for a job that is gone: nothing to do.
+                Err(kube::runtime::controller::Error::ObjectNotFound(_)) => {}
+                Err(e) => warn!("reconcile stream: {e}"),
+                Ok(_) => {}
             }
         })
         .await;

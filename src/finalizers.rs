@@ -9,7 +9,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 /// Keeps a finished pod's object, and with it the launcher's report in its
@@ -65,14 +65,19 @@ pub async fn release(api: &Api<Pod>, pod: &Pod) -> kube::Result<()> {
 /// costs no watch and no read of its own.
 pub struct Orphans {
     tx: mpsc::UnboundedSender<Arc<Pod>>,
+    listed: watch::Sender<bool>,
 }
 
 impl Orphans {
     pub fn spawn(client: Client, jobs: Store<TrainingJob>) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Arc<Pod>>();
+        let listed = watch::Sender::new(false);
+        let mut ready = listed.subscribe();
         tokio::spawn(async move {
             // Before the first list of jobs, every pod would look orphaned.
-            if jobs.wait_until_ready().await.is_err() {
+            // (Not Store::wait_until_ready: it wakes only one waiter, and the
+            // controller's runner is already that one.)
+            if ready.wait_for(|listed| *listed).await.is_err() {
                 return;
             }
             while let Some(pod) = rx.recv().await {
@@ -81,7 +86,14 @@ impl Orphans {
                 }
             }
         });
-        Self { tx }
+        Self { tx, listed }
+    }
+
+    /// The job cache holds a whole list: orphans can be told apart now.
+    pub fn jobs_listed(&self, event: &watcher::Event<TrainingJob>) {
+        if matches!(event, watcher::Event::InitDone) {
+            self.listed.send_replace(true);
+        }
     }
 
     /// Looks at a pod the watch delivered.
