@@ -1,5 +1,6 @@
-//! Command line and environment. Hand-parsed: four flags do not justify an
-//! argument-parsing crate in a binary that goes into every training pod.
+//! Command line and environment. Hand-parsed: a handful of flags do not
+//! justify an argument-parsing crate in a binary that goes into every
+//! training pod.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -26,7 +27,8 @@ flags (each wins over the environment variable beside it):
   --probe                       TJ_PROBE=1               measure the checkpoint volume's write speed
 also read: TJ_PROBE_BYTES (default 67108864), TJ_VERIFY_HASHES (default 1)
 exported to COMMAND: TJ_RESUME_PATH, TJ_RESUME_STEP, TJ_CHECKPOINT_DIR,
-TJ_GRACE_SECONDS, TJ_DEADLINE_SECONDS, TJ_DEADLINE_FILE, TJ_PROGRESS_FILE
+TJ_GRACE_SECONDS, TJ_DEADLINE_SECONDS, TJ_DEADLINE_FILE, TJ_PROGRESS_FILE,
+and TJ_ATTEMPT, TJ_RANK when given
 exit status: the trainer's (128+N if killed by signal N); 2 usage error;
 75 the rank's lock stayed held for --lock-timeout-seconds (a trainer of an
 earlier attempt is still alive); 126/127 COMMAND could not be started";
