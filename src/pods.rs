@@ -2,7 +2,7 @@
 //! template with the launcher injected. Pure: no API calls, so every setting
 //! is unit-tested without a cluster.
 
-use crate::api::{SpotProvider, TrainingJob, TRAINER_CONTAINER};
+use crate::api::{checks, SpotProvider, TrainingJob, TRAINER_CONTAINER};
 use crate::quantity;
 use crate::shell::shell_form;
 use k8s_openapi::api::core::v1::{
@@ -114,7 +114,7 @@ pub fn build_pod(job: &TrainingJob, plan: &AttemptPlan, rank: i32) -> Result<Pod
     let template_meta = job.spec.template.metadata.clone().unwrap_or_default();
     let mut pod_spec: PodSpec = job.spec.template.spec.clone().unwrap_or_default();
     let trainer = trainer_index(&pod_spec.containers)?;
-    check_reserved(&pod_spec)?;
+    check_reserved(&pod_spec, trainer)?;
     add_volumes(&mut pod_spec, job, plan);
     let report_budget = report_budget(&pod_spec);
     let c = &mut pod_spec.containers[trainer];
@@ -162,54 +162,30 @@ pub fn build_pod(job: &TrainingJob, plan: &AttemptPlan, rank: i32) -> Result<Pod
     })
 }
 
-/// The prefix of the volumes and containers the operator adds.
-pub const RESERVED_PREFIX: &str = "tj-";
-/// Paths the operator mounts or the kubelet writes for it.
-pub const RESERVED_PATHS: &[&str] = &[LAUNCHER_DIR, "/dev/shm", "/dev/termination-log"];
-
-/// A mount path as the kernel would resolve it: `//` collapsed, `.` and
-/// `..` resolved, no trailing `/`.
-pub fn canonical_path(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            p => parts.push(p),
-        }
-    }
-    format!("/{}", parts.join("/"))
-}
-
-/// Whether `path` is `root` or lies under it, after canonicalising.
-fn under(path: &str, root: &str) -> bool {
-    let p = canonical_path(path);
-    p == root || p.starts_with(&format!("{root}/"))
-}
-
 /// Names and paths the operator owns, which the template may not use.
-fn check_reserved(spec: &PodSpec) -> Result<(), BuildError> {
+fn check_reserved(spec: &PodSpec, trainer: usize) -> Result<(), BuildError> {
     let volumes = spec.volumes.iter().flatten().map(|v| &v.name);
-    if let Some(v) = volumes.into_iter().find(|n| n.starts_with(RESERVED_PREFIX)) {
+    if let Some(v) = volumes.into_iter().find(|n| checks::reserved_name(n)) {
         return Err(BuildError::VolumeNameTaken(v.clone()));
     }
     let containers = spec
         .containers
         .iter()
         .chain(spec.init_containers.iter().flatten());
-    for c in containers {
-        if c.name.starts_with(RESERVED_PREFIX) {
-            return Err(BuildError::ContainerNameTaken(c.name.clone()));
-        }
-        for m in c.volume_mounts.iter().flatten() {
-            if RESERVED_PATHS.iter().any(|r| under(&m.mount_path, r)) {
-                return Err(BuildError::MountTaken(m.mount_path.clone()));
-            }
-        }
+    if let Some(c) = containers
+        .into_iter()
+        .find(|c| checks::reserved_name(&c.name))
+    {
+        return Err(BuildError::ContainerNameTaken(c.name.clone()));
     }
-    Ok(())
+    let mounts = spec.containers[trainer].volume_mounts.iter().flatten();
+    match mounts
+        .into_iter()
+        .find(|m| checks::reserved_mount_path(&m.mount_path).is_some())
+    {
+        Some(m) => Err(BuildError::MountTaken(m.mount_path.clone())),
+        None => Ok(()),
+    }
 }
 
 fn add_volumes(pod_spec: &mut PodSpec, job: &TrainingJob, plan: &AttemptPlan) {
@@ -341,7 +317,7 @@ fn add_mounts(c: &mut Container, job: &TrainingJob, plan: &AttemptPlan) -> Resul
     for (volume, path, read_only) in wanted {
         if mounts
             .iter()
-            .any(|m| canonical_path(&m.mount_path) == canonical_path(&path))
+            .any(|m| checks::canonical_path(&m.mount_path) == checks::canonical_path(&path))
         {
             return Err(BuildError::MountTaken(path));
         }

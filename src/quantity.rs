@@ -7,8 +7,11 @@
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("{0:?} is not a whole number of bytes such as 512Mi, 16Gi or 1G (no milli `m` suffix, at most 8Ei)")]
+#[error("{0:?} is not a whole number of bytes such as 512Mi, 16Gi or 1G (no milli `m` suffix, at most 1Pi)")]
 pub struct BadQuantity(pub String);
+
+/// The largest byte quantity admission accepts (`api::schema::MAX_BYTES`).
+pub const MAX_BYTES: f64 = (1u64 << 50) as f64;
 
 /// The quantity in bytes. A fraction of a byte (`512m` is 0.512 bytes, a
 /// common slip for 512M) is refused, not rounded into a one-byte /dev/shm.
@@ -42,7 +45,7 @@ pub fn bytes(q: &str) -> Result<u64, BadQuantity> {
         _ => return Err(bad()),
     };
     let total = value * multiplier;
-    if !total.is_finite() || total < 0.0 || total.fract() != 0.0 || total > i64::MAX as f64 {
+    if !total.is_finite() || total < 0.0 || total.fract() != 0.0 || total > MAX_BYTES {
         return Err(bad());
     }
     Ok(total as u64)
@@ -90,6 +93,8 @@ mod tests {
         assert!(bytes("1500m").is_err());
         assert!(bytes("1e400").is_err());
         assert!(bytes("100Ei").is_err());
+        assert_eq!(bytes("1Pi"), Ok(1 << 50));
+        assert!(bytes("1025Ti").is_err());
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub enum SpecProblem {
         replicas: i32,
         modes: Vec<String>,
     },
+    /// A rule the CRD enforces now, broken by an object stored before it.
+    Rule(String),
     /// The API server refused to create an object built from the spec.
     Refused {
         kind: &'static str,
@@ -39,6 +41,7 @@ impl SpecProblem {
     pub fn field(&self) -> &'static str {
         match self {
             Self::Template(_) | Self::Refused { .. } => "spec.template",
+            Self::Rule(_) => "spec",
             Self::SharedMemory(_) => "spec.sharedMemory",
             Self::ClaimMissing { .. } | Self::ClaimNotShared { .. } => "spec.checkpoint.claimName",
         }
@@ -50,6 +53,7 @@ impl fmt::Display for SpecProblem {
         write!(f, "{}: ", self.field())?;
         match self {
             Self::Template(e) => write!(f, "{e}"),
+            Self::Rule(e) => write!(f, "{e}"),
             Self::SharedMemory(e) => write!(f, "{e}"),
             Self::ClaimMissing { claim, namespace } => write!(
                 f,
@@ -80,7 +84,10 @@ pub fn describe(problems: &[SpecProblem]) -> String {
 
 /// What the job's own spec says that cannot run.
 pub fn validate(job: &TrainingJob) -> Vec<SpecProblem> {
-    let mut problems = Vec::new();
+    let mut problems: Vec<SpecProblem> = crate::api::checks::problems(job)
+        .into_iter()
+        .map(SpecProblem::Rule)
+        .collect();
     let shm_bytes = match shm_bytes(job) {
         Ok(bytes) => bytes,
         Err(e) => {
@@ -98,7 +105,8 @@ pub fn validate(job: &TrainingJob) -> Vec<SpecProblem> {
         operator_image: String::new(),
         spot: None,
     };
-    if let Err(e) = pods::build_pod(job, &probe, 0) {
+    // The rules above already say what the builder would trip on first.
+    if let (Err(e), true) = (pods::build_pod(job, &probe, 0), problems.is_empty()) {
         problems.push(SpecProblem::Template(e));
     }
     problems
@@ -196,7 +204,7 @@ mod tests {
         }]);
         let p = validate(&j);
         assert!(
-            matches!(&p[..], [SpecProblem::Template(BuildError::MountTaken(_))]),
+            matches!(&p[..], [SpecProblem::Rule(r)] if r.contains("/dev/shm")),
             "{p:?}"
         );
     }

@@ -413,8 +413,6 @@ fn names_and_paths_the_operator_owns_are_refused_however_spelled() {
         build_pod(&j, &plan(), 0),
         Err(BuildError::ContainerNameTaken(_))
     ));
-    assert_eq!(canonical_path("/dev//shm/"), "/dev/shm");
-    assert_eq!(canonical_path("/a/./b/../c"), "/a/c");
 }
 
 #[test]
