@@ -321,14 +321,28 @@ fn add_mounts(c: &mut Container, job: &TrainingJob, plan: &AttemptPlan) -> Resul
         {
             return Err(BuildError::MountTaken(path));
         }
+        let sub_path = (volume == CHECKPOINT_VOLUME)
+            .then(|| checkpoint_sub_path(job))
+            .flatten();
         mounts.push(VolumeMount {
             name: volume.into(),
             mount_path: path,
             read_only: read_only.then_some(true),
+            sub_path,
             ..Default::default()
         });
     }
     Ok(())
+}
+
+/// The job's directory in its claim: its name unless the spec says
+/// otherwise; `""` is the claim's root.
+pub fn checkpoint_sub_path(job: &TrainingJob) -> Option<String> {
+    match &job.spec.checkpoint.sub_path {
+        Some(p) if p.is_empty() => None,
+        Some(p) => Some(p.clone()),
+        None => Some(job.name_any()),
+    }
 }
 
 /// GPU tolerations and the spot provider's selector and toleration.

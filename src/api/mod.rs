@@ -133,6 +133,16 @@ pub struct CheckpointSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::optional_positive_quantity")]
     pub size_hint: Option<String>,
+
+    /// The directory inside the claim that holds this job's checkpoints.
+    /// By default one named after the job, so that two jobs sharing a claim
+    /// never resume from, or clean up, each other's checkpoints. Set `""`
+    /// to use the claim's root: for a claim that already holds this job's
+    /// checkpoints at its root, or to share checkpoints between jobs on
+    /// purpose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::sub_path")]
+    pub sub_path: Option<String>,
 }
 
 /// /dev/shm for the trainer: either a size, or the DataLoader settings it is

@@ -158,6 +158,21 @@ pub fn mount_path(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// A directory inside the checkpoint claim, relative to its root.
+pub fn sub_path(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "maxLength": 253,
+        "x-kubernetes-validations": [
+            cel::rule("!self.startsWith('/')", "must be relative to the claim's root, e.g. my-job (or \"\" for the root itself)"),
+            cel::rule(
+                format!("!self.matches({})", cel::quote(cel::DOTDOT_REGEX)),
+                "must not contain `..` segments: the job's checkpoints stay inside its claim",
+            )
+        ]
+    })
+}
+
 /// The largest byte quantity accepted: far beyond any checkpoint or
 /// /dev/shm, and far below what the operator's byte counts can hold.
 pub const MAX_BYTES: &str = "1Pi";

@@ -427,3 +427,25 @@ fn the_installer_is_restricted_whatever_the_pod_says() {
     assert_eq!(sc.run_as_user, Some(INSTALLER_UID));
     assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
 }
+
+#[test]
+fn each_job_gets_its_own_directory_of_the_claim_unless_it_opts_out() {
+    let mount = |j: &TrainingJob| {
+        let pod = build_pod(j, &plan(), 0).unwrap();
+        let c = trainer(&pod).clone();
+        c.volume_mounts
+            .unwrap()
+            .into_iter()
+            .find(|m| m.mount_path == "/checkpoints")
+            .unwrap()
+    };
+    assert_eq!(mount(&job(json!({}))).sub_path.as_deref(), Some("llm"));
+    let root = job(
+        json!({"checkpoint": {"claimName": "ckpt", "mountPath": "/checkpoints", "subPath": ""}}),
+    );
+    assert_eq!(mount(&root).sub_path, None);
+    let named = job(
+        json!({"checkpoint": {"claimName": "ckpt", "mountPath": "/checkpoints", "subPath": "runs/a"}}),
+    );
+    assert_eq!(mount(&named).sub_path.as_deref(), Some("runs/a"));
+}
