@@ -333,6 +333,8 @@ fn the_chart_lints_clean_and_its_schema_rejects_bad_values() {
             "--set",
             "replicaCount=2,metrics.serviceMonitor.enabled=true,crds.install=false",
             "--set",
+            "uninstallHook.enabled=false",
+            "--set",
             "trainingJobDefaults.noticeSeconds=120,trainingJobDefaults.spotProvider=EKS",
         ],
     ] {
@@ -351,6 +353,7 @@ fn the_chart_lints_clean_and_its_schema_rejects_bad_values() {
         ("log.format=xml", "format"),
         ("watchNamespace=Not_A_Namespace", "watchNamespace"),
         ("trainingJobDefaults.spotProvider=GCP", "spotProvider"),
+        ("uninstallHook.timeoutSeconds=0", "timeoutSeconds"),
     ] {
         let out = helm(&["template", "t", CHART, "--set", set]);
         assert!(!out.status.success(), "--set {set} was accepted");
@@ -399,6 +402,7 @@ fn the_api_server_accepts_what_the_chart_renders() {
             "deployment.apps/tjo-dry-trainingjob-operator".into(),
             "service/tjo-dry-trainingjob-operator-metrics".into(),
             "serviceaccount/tjo-dry-trainingjob-operator".into(),
+            "job.batch/tjo-dry-trainingjob-operator-uninstall".into(),
         ] {
             assert!(
                 applied.contains(&format!("{object} serverside-applied (server dry run)")),
