@@ -272,3 +272,29 @@ fn deleting_the_namespace_of_a_running_job_completes() {
         (!kubectl(&["get", "namespace", &ns.name]).status.success()).then_some(())
     });
 }
+
+#[test]
+#[ignore = "needs the local cluster: cargo xtask test"]
+fn sigterm_stops_the_operator_promptly_while_it_works() {
+    let ns = TempNamespace::new("sigterm");
+    claim(&ns.name, "ckpt", "ReadWriteMany");
+    let mut op = Operator::start(&ns.name);
+    let cmd = [
+        "python3",
+        "/opt/trainer/train.py",
+        "--total-steps",
+        "100000",
+        "--step-seconds",
+        "0.05",
+    ];
+    for n in 0..5 {
+        apply(
+            &ns.name,
+            &job(&format!("busy{n}"), "ckpt", &cmd, "  replicas: 2\n"),
+        );
+    }
+    wait_running(&ns.name, "busy0");
+    let (took, status) = op.terminate(Duration::from_secs(10));
+    println!("the operator exited {took:?} after SIGTERM ({status})");
+    assert!(status.success(), "{status}: {}", op.log_tail());
+}

@@ -126,7 +126,7 @@ fn three_preemptions_by_three_routes_lose_no_step_and_end_like_an_uninterrupted_
     let ns = TempNamespace::new("routes");
     claim(&ns.name, "ckpt", "ReadWriteOnce");
     let watch = PodWatch::start(&ns.name);
-    let _op = Operator::start(&ns.name);
+    let op = Operator::start(&ns.name);
     let mut cmd = vec!["python3", "/opt/trainer/train.py", "--step-seconds", "0.05"];
     cmd.extend(args);
     apply(
@@ -168,6 +168,12 @@ fn three_preemptions_by_three_routes_lose_no_step_and_end_like_an_uninterrupted_
             steps_lost(&report)
         );
         lost.push(steps_lost(&report));
+        // Counted once each, on the running operator's /metrics.
+        let counted = attempt as f64;
+        assert_eq!(op.metric("trainingjob_preemptions_total"), Some(counted));
+        assert_eq!(op.metric("trainingjob_steps_lost_count"), Some(counted));
+        assert_eq!(op.metric("trainingjob_resumes_total"), Some(counted));
+        assert_eq!(op.metric("trainingjob_failures_total"), Some(0.0));
     }
     wait_condition(&ns.name, "tj/routes", "Succeeded", Duration::from_secs(240));
     let last = final_line(&trainer_logs(&ns.name, "routes-a4-r0")).expect("a final line");

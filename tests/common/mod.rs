@@ -202,6 +202,8 @@ spec:
 pub struct Operator {
     child: std::process::Child,
     pub log: PathBuf,
+    /// Where it serves /healthz, /readyz and /metrics.
+    pub addr: std::net::SocketAddr,
 }
 
 impl Operator {
@@ -215,14 +217,49 @@ impl Operator {
             .append(true)
             .open(&log)
             .unwrap();
+        // A port the kernel had free; the operator binds it right away.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_trainingjob-operator"))
-            .args(["run", "--namespace", namespace, "--listen", "127.0.0.1:0"])
+            .args(["run", "--namespace", namespace, "--listen"])
+            .arg(addr.to_string())
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
             .expect("the operator binary starts");
-        Self { child, log }
+        Self { child, log, addr }
+    }
+
+    /// One sample from /metrics, e.g. `trainingjob_preemptions_total`;
+    /// None until the operator serves it.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(self.addr).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(conn, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut body = String::new();
+        conn.read_to_string(&mut body).ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// SIGTERM, as the kubelet stops it; how long it took to exit, and how.
+    pub fn terminate(&mut self, deadline: Duration) -> (Duration, std::process::ExitStatus) {
+        let sent = Instant::now();
+        let pid = self.child.id().to_string();
+        let out = Command::new("kill").args(["-TERM", &pid]).output().unwrap();
+        assert!(out.status.success(), "kill -TERM {pid}");
+        let child = &mut self.child;
+        let log = self.log.clone();
+        wait_until_or(
+            "the operator to exit after SIGTERM",
+            deadline,
+            || child.try_wait().ok().flatten().map(|s| (sent.elapsed(), s)),
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+        )
     }
 
     /// SIGKILL, as a node failure or an OOM kill would end it.
