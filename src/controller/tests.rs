@@ -20,6 +20,12 @@ struct Harness {
     registry: Registry,
 }
 
+impl Harness {
+    fn split(self) -> (Arc<Context>, ApiHandle) {
+        (self.ctx, self.api)
+    }
+}
+
 fn harness() -> Harness {
     let (service, api) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
@@ -130,11 +136,7 @@ async fn scripted(
 
 #[tokio::test]
 async fn a_new_job_creates_its_pod_before_writing_status() {
-    let Harness {
-        ctx,
-        mut api,
-        registry: _,
-    } = harness();
+    let (ctx, mut api) = harness().split();
     let j = job(1, None);
     let result = scripted(&ctx, &j, async {
         expect(&mut api, "GET", CLAIM, 200, claim("ReadWriteOnce")).await;
@@ -154,11 +156,7 @@ async fn a_new_job_creates_its_pod_before_writing_status() {
 
 #[tokio::test]
 async fn a_refused_pod_create_is_a_spec_problem_and_leaves_no_partial_gang() {
-    let Harness {
-        ctx,
-        mut api,
-        registry: _,
-    } = harness();
+    let (ctx, mut api) = harness().split();
     let j = job(2, None);
     let message = "pods \"j-a1-r1\" is forbidden: exceeded quota: gpus";
     let result = scripted(&ctx, &j, async {
@@ -194,11 +192,7 @@ async fn a_refused_pod_create_is_a_spec_problem_and_leaves_no_partial_gang() {
 
 #[tokio::test]
 async fn a_422_from_the_dry_run_creates_nothing() {
-    let Harness {
-        ctx,
-        mut api,
-        registry: _,
-    } = harness();
+    let (ctx, mut api) = harness().split();
     let j = job(1, None);
     let result = scripted(&ctx, &j, async {
         expect(&mut api, "GET", CLAIM, 200, claim("ReadWriteOnce")).await;
@@ -251,11 +245,7 @@ fn status(phase: Phase, attempt: i32) -> TrainingJobStatus {
 
 #[tokio::test]
 async fn a_steady_reconcile_makes_no_api_call_at_all() {
-    let Harness {
-        ctx,
-        mut api,
-        registry: _,
-    } = harness();
+    let (ctx, mut api) = harness().split();
     let j = job(2, Some(status(Phase::Pending, 1)));
     for rank in 0..2 {
         ctx.pods
@@ -281,11 +271,7 @@ async fn a_steady_reconcile_makes_no_api_call_at_all() {
 
 #[tokio::test]
 async fn a_pod_already_gone_at_delete_is_what_was_wanted() {
-    let Harness {
-        ctx,
-        mut api,
-        registry: _,
-    } = harness();
+    let (ctx, mut api) = harness().split();
     let j = job(2, Some(status(Phase::Running, 1)));
     let disrupted = json!({"phase": "Running", "conditions": [{"type": "DisruptionTarget", "status": "True",
         "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}],
@@ -320,11 +306,7 @@ async fn a_pod_already_gone_at_delete_is_what_was_wanted() {
 
 #[tokio::test]
 async fn a_namespace_being_deleted_starts_nothing_and_lets_finished_pods_go() {
-    let Harness {
-        ctx,
-        mut api,
-        registry: _,
-    } = harness();
+    let (ctx, mut api) = harness().split();
     let mut s = status(Phase::Stopping, 1);
     s.preemptions = 1;
     let j = job(1, Some(s));

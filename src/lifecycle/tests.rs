@@ -73,6 +73,19 @@ fn cond(
     crate::conditions::find(&s.conditions, t).unwrap_or_else(|| panic!("no {t:?} condition"))
 }
 
+/// A preemption of `attempt`, as status records it.
+fn preempted_at(attempt: i32) -> Interruption {
+    Interruption {
+        attempt,
+        kind: InterruptionKind::Preemption,
+        rank: 0,
+        reason: "x".into(),
+        message: String::new(),
+        steps_lost: None,
+        time: None,
+    }
+}
+
 fn reasons(d: &Decision) -> Vec<&'static str> {
     d.transitions.iter().map(|t| t.reason()).collect()
 }
@@ -175,15 +188,7 @@ fn no_new_attempt_while_any_old_pod_can_still_run() {
 fn the_next_attempts_grace_is_sized_from_the_measured_save() {
     let mut s = status(Phase::Stopping, 1);
     s.preemptions = 1;
-    s.interruptions.push(Interruption {
-        attempt: 1,
-        kind: InterruptionKind::Preemption,
-        rank: 0,
-        reason: "x".into(),
-        message: String::new(),
-        steps_lost: None,
-        time: None,
-    });
+    s.interruptions.push(preempted_at(1));
     let mut done = ended(
         pv(1, 0),
         Outcome::Disrupted {
@@ -231,15 +236,7 @@ fn a_save_longer_than_the_notice_sets_a_condition_with_the_interval() {
         p95_seconds: Some(40.0),
         ..Default::default()
     });
-    s.interruptions.push(Interruption {
-        attempt: 1,
-        kind: InterruptionKind::Preemption,
-        rank: 0,
-        reason: "x".into(),
-        message: String::new(),
-        steps_lost: None,
-        time: None,
-    });
+    s.interruptions.push(preempted_at(1));
     s.preemptions = 1;
     let d = run(&job(Some(s)), &[]);
     let c = cond(&d.status, GraceExceedsNotice);
@@ -301,13 +298,10 @@ fn backoff_waits_from_the_trainers_exit_even_when_its_pod_is_gone() {
     let mut s = status(Phase::Stopping, 1);
     s.failures = 1;
     s.interruptions.push(Interruption {
-        attempt: 1,
         kind: InterruptionKind::Failure,
-        rank: 0,
         reason: "ExitCode1".into(),
-        message: String::new(),
-        steps_lost: None,
         time: Some(Time(now() - SignedDuration::from_secs(4))),
+        ..preempted_at(1)
     });
     let d = run(&job(Some(s)), &[]);
     assert_eq!(d.create_attempt(), None);
@@ -365,15 +359,7 @@ fn every_rank_completed_is_success() {
 fn max_preemptions_exhausted_fails_the_job() {
     let mut s = status(Phase::Stopping, 3);
     s.preemptions = 3;
-    s.interruptions.push(Interruption {
-        attempt: 3,
-        kind: InterruptionKind::Preemption,
-        rank: 0,
-        reason: "x".into(),
-        message: String::new(),
-        steps_lost: None,
-        time: None,
-    });
+    s.interruptions.push(preempted_at(3));
     let d = run(&job(Some(s)), &[]);
     assert_eq!(d.status.phase, Some(Phase::Failed));
     assert_eq!(cond(&d.status, Failed).reason, "MaxPreemptionsExceeded");
