@@ -7,7 +7,7 @@ use crate::pods::{trainer_index, ATTEMPT_LABEL, RANK_LABEL};
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod, PodStatus};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use launcher::report::{Report, State};
+use launcher::report::{LockState, Report, State};
 
 /// One pod of a job, reduced to what the lifecycle needs.
 #[derive(Clone, Debug, PartialEq)]
@@ -199,6 +199,14 @@ fn ended(
     name: &str,
 ) -> Outcome {
     match report {
+        // An earlier attempt's trainer still holds the rank: the cluster
+        // let it outlive its pod (a forced deletion), not the trainer's fault.
+        Some(r) if r.lock == Some(LockState::TimedOut) => Outcome::Disrupted {
+            reason: "EarlierTrainerAlive".into(),
+            message: "a trainer of an earlier attempt still held this rank's checkpoint lock \
+                      when the wait ran out; it was started on a pod that was force-deleted"
+                .into(),
+        },
         Some(r) if r.state == State::Completed => Outcome::Completed,
         Some(r) if r.state == State::Signalled => {
             let message = signalled_text(t.exit_code, r);
