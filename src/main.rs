@@ -13,7 +13,7 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 use trainingjob_operator::api::SpotProvider;
 use trainingjob_operator::controller::{self, Context};
-use trainingjob_operator::defaults::{self, Defaults};
+use trainingjob_operator::defaults::Defaults;
 use trainingjob_operator::leader;
 use trainingjob_operator::metrics::Metrics;
 
@@ -68,10 +68,11 @@ struct RunArgs {
     lease_namespace: String,
     #[arg(long, env = "LEASE_NAME", default_value = "trainingjob-operator")]
     lease_name: String,
-    /// Preemption notice for jobs whose spec sets none (GKE 15-30, AWS 120, Azure 30).
-    #[arg(long, env = "DEFAULT_NOTICE_SECONDS", default_value_t = defaults::NOTICE_SECONDS,
+    /// Preemption notice for jobs whose spec sets none. Unset: the spot
+    /// provider's documented notice (GKE 15, EKS/Karpenter 120, AKS 30), else 30.
+    #[arg(long, env = "DEFAULT_NOTICE_SECONDS",
           value_parser = clap::value_parser!(i32).range(1..=3600))]
-    default_notice_seconds: i32,
+    default_notice_seconds: Option<i32>,
     /// Spot provider whose node selector and toleration jobs get when their
     /// spec names none.
     #[arg(long, env = "DEFAULT_SPOT_PROVIDER", value_parser = parse_spot)]

@@ -193,9 +193,9 @@ pub struct DataLoaderSpec {
 }]))]
 pub struct PreemptionSpec {
     /// Seconds between the provider's preemption notice and the node going
-    /// away (GKE 15-30, AWS 120, Azure 30). The grace period never exceeds it.
-    /// Unset: the operator's default (its --default-notice-seconds, 30 unless
-    /// the platform team set another).
+    /// away. Unset: the operator's default, else the spot provider's documented
+    /// figure (GKE 15, EKS and Karpenter 120, AKS 30), else 30. The grace
+    /// period never exceeds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 3600))]
     pub notice_seconds: Option<i32>,
