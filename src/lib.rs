@@ -1,6 +1,7 @@
 //! trainingjob-operator: keeps long GPU training jobs alive across spot
 //! preemptions. The README's layout table says where each concept lives.
 
+pub mod accelerators;
 pub mod api;
 pub mod apply;
 pub mod backoff;

@@ -2,6 +2,7 @@
 //! template with the launcher injected. Pure: no API calls, so every setting
 //! is unit-tested without a cluster.
 
+use crate::accelerators;
 use crate::api::{checks, SpotProvider, TrainingJob, TRAINER_CONTAINER};
 use crate::quantity;
 use crate::shell::shell_form;
@@ -29,7 +30,6 @@ pub const MASTER_PORT: i32 = 29500;
 const LAUNCHER_VOLUME: &str = "tj-launcher";
 const CHECKPOINT_VOLUME: &str = "tj-checkpoints";
 const SHM_VOLUME: &str = "tj-shm";
-const GPU: &str = "nvidia.com/gpu";
 
 /// What the builder cannot turn into a pod. Each says what to change.
 #[derive(Clone, Debug, Error, PartialEq)]
@@ -123,12 +123,7 @@ pub fn build_pod(job: &TrainingJob, plan: &AttemptPlan, rank: i32) -> Result<Pod
     add_mounts(c, job, plan)?;
     c.termination_message_policy = Some("File".into());
     c.termination_message_path = None;
-    gpu_requests_match_limits(c);
-    let wants_gpu = c
-        .resources
-        .as_ref()
-        .and_then(|r| r.limits.as_ref())
-        .is_some_and(|l| l.contains_key(GPU));
+    let accelerators = accelerators::match_requests_and_limits(c);
     let inits = pod_spec.init_containers.get_or_insert_with(Vec::new);
     inits.insert(0, launcher_installer(&plan.operator_image));
     pod_spec.restart_policy = Some("Never".into());
@@ -142,7 +137,7 @@ pub fn build_pod(job: &TrainingJob, plan: &AttemptPlan, rank: i32) -> Result<Pod
         pod_spec.hostname = Some(rank_hostname(&name, rank));
         pod_spec.subdomain = Some(service_name(&name));
     }
-    schedule(&mut pod_spec, wants_gpu, plan.spot);
+    schedule(&mut pod_spec, &accelerators, plan.spot);
     let mut labels = template_meta.labels.unwrap_or_default();
     labels.extend(job_labels(job));
     labels.insert(RANK_LABEL.into(), rank.to_string());
@@ -345,23 +340,16 @@ pub fn checkpoint_sub_path(job: &TrainingJob) -> Option<String> {
     }
 }
 
-/// GPU tolerations and the spot provider's selector and toleration.
-fn schedule(pod_spec: &mut PodSpec, wants_gpu: bool, spot: Option<SpotProvider>) {
+/// Accelerator tolerations and the spot provider's selector and toleration.
+fn schedule(pod_spec: &mut PodSpec, accelerators: &[String], spot: Option<SpotProvider>) {
     let tolerations = pod_spec.tolerations.get_or_insert_with(Vec::new);
     let mut add_toleration = |t: Toleration| {
         if !tolerations.contains(&t) {
             tolerations.push(t);
         }
     };
-    if wants_gpu {
-        // What the ExtendedResourceToleration admission plugin would add:
-        // GPU node pools are commonly tainted nvidia.com/gpu:NoSchedule.
-        add_toleration(Toleration {
-            key: Some(GPU.into()),
-            operator: Some("Exists".into()),
-            effect: Some("NoSchedule".into()),
-            ..Default::default()
-        });
+    for resource in accelerators {
+        add_toleration(accelerators::toleration(resource));
     }
     if let Some(provider) = spot {
         let (label, value, taint) = spot_convention(provider);
@@ -394,33 +382,10 @@ fn spot_convention(provider: SpotProvider) -> (&'static str, &'static str, bool)
     }
 }
 
-/// Extended resources need requests equal to limits; a template that gives
-/// only one gets the other.
-fn gpu_requests_match_limits(c: &mut Container) {
-    let Some(res) = c.resources.as_mut() else {
-        return;
-    };
-    let limit = res.limits.as_ref().and_then(|l| l.get(GPU)).cloned();
-    let request = res.requests.as_ref().and_then(|r| r.get(GPU)).cloned();
-    match (limit, request) {
-        (Some(l), None) => {
-            res.requests
-                .get_or_insert_with(BTreeMap::new)
-                .insert(GPU.into(), l);
-        }
-        (None, Some(r)) => {
-            res.limits
-                .get_or_insert_with(BTreeMap::new)
-                .insert(GPU.into(), r);
-        }
-        _ => {}
-    }
-}
-
-/// Copies the launcher out of the operator's image into the shared emptyDir.
 /// The unprivileged user the launcher's installer runs as.
 pub const INSTALLER_UID: i64 = 65532;
 
+/// Copies the launcher out of the operator's image into the shared emptyDir.
 fn launcher_installer(image: &str) -> Container {
     let tiny = BTreeMap::from([
         ("cpu".to_string(), Quantity("10m".into())),

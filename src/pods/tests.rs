@@ -449,3 +449,60 @@ fn each_job_gets_its_own_directory_of_the_claim_unless_it_opts_out() {
     );
     assert_eq!(mount(&named).sub_path.as_deref(), Some("runs/a"));
 }
+
+#[test]
+fn devices_claimed_through_dynamic_resource_allocation_reach_the_pod_unchanged() {
+    let j = job(json!({"template": {"spec": {
+        "resourceClaims": [{"name": "gpus", "resourceClaimTemplateName": "eight-h100"}],
+        "containers": [{"name": "trainer", "image": "img", "command": ["python3"],
+                        "resources": {"claims": [{"name": "gpus"}]}}]}}}));
+    let pod = build_pod(&j, &plan(), 0).unwrap();
+    let spec = pod.spec.unwrap();
+    let claims = spec.resource_claims.unwrap();
+    assert_eq!(claims[0].name, "gpus");
+    assert_eq!(
+        claims[0].resource_claim_template_name.as_deref(),
+        Some("eight-h100")
+    );
+    let trainer = spec
+        .containers
+        .iter()
+        .find(|c| c.name == "trainer")
+        .unwrap();
+    assert_eq!(
+        trainer.resources.as_ref().unwrap().claims.as_ref().unwrap()[0].name,
+        "gpus"
+    );
+    assert!(
+        spec.tolerations.is_none(),
+        "a claim is not an extended resource"
+    );
+}
+
+#[test]
+fn an_amd_gpu_gets_the_same_treatment_as_an_nvidia_one() {
+    let j = job(
+        json!({"template": {"spec": {"containers": [{"name": "trainer", "image": "img",
+        "command": ["python3"], "resources": {"limits": {"amd.com/gpu": "8"}}}]}}}),
+    );
+    let pod = build_pod(&j, &plan(), 0).unwrap();
+    let spec = pod.spec.unwrap();
+    let t = &spec.tolerations.unwrap()[0];
+    assert_eq!(t.key.as_deref(), Some("amd.com/gpu"));
+    let trainer = spec
+        .containers
+        .iter()
+        .find(|c| c.name == "trainer")
+        .unwrap();
+    assert_eq!(
+        trainer
+            .resources
+            .as_ref()
+            .unwrap()
+            .requests
+            .as_ref()
+            .unwrap()["amd.com/gpu"]
+            .0,
+        "8"
+    );
+}
