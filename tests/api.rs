@@ -107,7 +107,10 @@ fn kubectl_explain_prints_the_field_docs() {
         assert!(out.contains(doc), "`kubectl explain` lacks {doc:?}:\n{out}");
     }
     let out = kubectl_ok(&["explain", "tj.spec.preemption.noticeSeconds"]);
-    assert!(out.contains("GKE 15, EKS and Karpenter 120, AKS 30"), "{out}");
+    assert!(
+        out.contains("GKE 15, EKS and Karpenter 120, AKS 30"),
+        "{out}"
+    );
 }
 
 #[test]
