@@ -5,11 +5,12 @@
 use crate::api::{TrainingJob, TrainingJobStatus};
 use crate::controller::{Context, FIELD_MANAGER};
 use crate::error::{self, Error, Result};
+use crate::finalizers;
 use crate::lifecycle::{Attempt, Decision};
 use crate::metrics::JobLabels;
 use crate::preflight::{as_refusal, refusal};
+use crate::text::tail;
 use crate::validate::SpecProblem;
-use crate::{finalizers, observe};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -215,7 +216,7 @@ async fn publish(ctx: &Context, job: &TrainingJob, d: &Decision) {
                 EventType::Normal
             },
             reason: reason.into(),
-            note: Some(observe::tail(&note, 1000)),
+            note: Some(tail(&note, 1000)),
             action: "Reconcile".into(),
             secondary: None,
         };

@@ -24,6 +24,7 @@ pub mod quantity;
 pub mod reports;
 pub mod shell;
 pub mod shm;
+pub mod text;
 pub mod transition;
 pub mod uninstall;
 pub mod validate;

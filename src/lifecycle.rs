@@ -567,7 +567,7 @@ fn push_interruption(
         kind,
         rank: ended.rank,
         reason: ended.reason.clone(),
-        message: crate::observe::tail(&ended.message, 300),
+        message: crate::text::tail(&ended.message, 300),
         steps_lost: None,
         time: Some(Time(time)),
     });

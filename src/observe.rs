@@ -3,7 +3,9 @@
 //! including the launcher's report in the trainer's termination message.
 
 use crate::api::TrainingJob;
-use crate::pods::{trainer_index, ATTEMPT_LABEL, RANK_LABEL};
+use crate::labels::{ATTEMPT_LABEL, RANK_LABEL};
+use crate::pods::trainer_index;
+use crate::text::tail;
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod, PodStatus};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -259,18 +261,6 @@ fn exit_text(code: i32, signal: Option<&str>) -> String {
         Some(sig) => format!("killed by {sig}"),
         None => format!("with code {code}"),
     }
-}
-
-/// The last `n` characters of `s`, on a char boundary.
-pub fn tail(s: &str, n: usize) -> String {
-    let s = s.trim();
-    let start = s
-        .char_indices()
-        .rev()
-        .nth(n.saturating_sub(1))
-        .map(|(i, _)| i)
-        .unwrap_or(0);
-    s[start..].to_string()
 }
 
 #[cfg(test)]

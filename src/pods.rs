@@ -16,9 +16,8 @@ use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 use thiserror::Error;
 
-// Until every user imports them from their own files.
-pub use crate::finalizers::REPORT_FINALIZER;
-pub use crate::labels::{job_labels, ATTEMPT_LABEL, JOB_LABEL, MANAGED_BY, RANK_LABEL};
+use crate::finalizers::REPORT_FINALIZER;
+use crate::labels::{job_labels, ATTEMPT_LABEL, JOB_LABEL, RANK_LABEL};
 
 /// Where the init container puts the launcher, and where it runs from.
 pub const LAUNCHER_DIR: &str = "/tj";

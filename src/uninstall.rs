@@ -1,7 +1,7 @@
 //! What `helm uninstall` runs before it removes the operator: releases the
 //! operator's finalizers so that nothing it owned is left Terminating.
 //!
-//! Only the operator removes `pods::REPORT_FINALIZER`. Once it is
+//! Only the operator removes `finalizers::REPORT_FINALIZER`. Once it is
 //! uninstalled, a training pod that still holds the finalizer can never be
 //! deleted, and neither can its namespace. So the chart's pre-delete hook
 //! runs `trainingjob-operator release-finalizers`: it first stops the
@@ -11,7 +11,8 @@
 //! running; their reports are simply no longer collected.
 
 use crate::finalizers;
-use crate::pods::{MANAGED_BY, REPORT_FINALIZER};
+use crate::finalizers::REPORT_FINALIZER;
+use crate::labels::MANAGED_BY;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};

@@ -19,8 +19,6 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// API group of the resource.
-pub const GROUP: &str = "trainingjob.dev";
 /// The name a pod template's trainer container has when there are several.
 pub const TRAINER_CONTAINER: &str = "trainer";
 

@@ -167,12 +167,6 @@ fn a_missing_or_garbled_report_does_not_panic() {
 }
 
 #[test]
-fn tail_keeps_the_end_on_a_char_boundary() {
-    assert_eq!(tail("héllo wörld", 5), "wörld");
-    assert_eq!(tail("ab", 10), "ab");
-}
-
-#[test]
 fn a_lock_held_by_an_earlier_trainer_is_not_the_trainers_failure() {
     let r =
         json!({"version": 1, "state": "failed", "exitCode": 75, "lock": "timedOut"}).to_string();

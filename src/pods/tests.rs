@@ -1,5 +1,6 @@
 use super::*;
 use crate::api::TrainingJob;
+use crate::labels::MANAGED_BY;
 use serde_json::json;
 
 fn job(extra: serde_json::Value) -> TrainingJob {
