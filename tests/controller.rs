@@ -151,14 +151,7 @@ fn deleting_the_job_leaves_no_pod_or_service_behind() {
     let ns = TempNamespace::new("delete");
     claim(&ns.name, "shared", "ReadWriteMany");
     let _op = Operator::start(&ns.name);
-    let cmd = [
-        "python3",
-        "/opt/trainer/train.py",
-        "--total-steps",
-        "100000",
-        "--step-seconds",
-        "0.05",
-    ];
+    let cmd = train("100000", &[]);
     apply(&ns.name, &job("long", "shared", &cmd, "  replicas: 2\n"));
     wait_running(&ns.name, "long");
     kubectl_ok(&["delete", "tj", "long", "-n", &ns.name]);
@@ -187,14 +180,7 @@ fn restarting_the_operator_mid_job_creates_no_duplicate_and_loses_no_count() {
     let ns = TempNamespace::new("restart");
     claim(&ns.name, "ckpt", "ReadWriteOnce");
     let mut op = Operator::start(&ns.name);
-    let cmd = [
-        "python3",
-        "/opt/trainer/train.py",
-        "--total-steps",
-        "300",
-        "--step-seconds",
-        "0.05",
-    ];
+    let cmd = train("300", &[]);
     apply(&ns.name, &job("steady", "ckpt", &cmd, ""));
     wait_running(&ns.name, "steady");
     op.kill();
@@ -254,14 +240,7 @@ fn deleting_the_namespace_of_a_running_job_completes() {
     let ns = TempNamespace::new("nsdelete");
     claim(&ns.name, "ckpt", "ReadWriteOnce");
     let _op = Operator::start(&ns.name);
-    let cmd = [
-        "python3",
-        "/opt/trainer/train.py",
-        "--total-steps",
-        "100000",
-        "--step-seconds",
-        "0.05",
-    ];
+    let cmd = train("100000", &[]);
     apply(&ns.name, &job("doomed", "ckpt", &cmd, ""));
     wait_running(&ns.name, "doomed");
     // The namespace controller deletes the pods (a disruption the operator
@@ -279,14 +258,7 @@ fn sigterm_stops_the_operator_promptly_while_it_works() {
     let ns = TempNamespace::new("sigterm");
     claim(&ns.name, "ckpt", "ReadWriteMany");
     let mut op = Operator::start(&ns.name);
-    let cmd = [
-        "python3",
-        "/opt/trainer/train.py",
-        "--total-steps",
-        "100000",
-        "--step-seconds",
-        "0.05",
-    ];
+    let cmd = train("100000", &[]);
     for n in 0..5 {
         apply(
             &ns.name,

@@ -207,19 +207,10 @@ fn a_save_longer_than_the_grace_is_killed_and_the_next_attempt_gets_a_grace_size
     claim(&ns.name, "ckpt", "ReadWriteOnce");
     let watch = PodWatch::start(&ns.name);
     let _op = Operator::start(&ns.name);
-    let cmd = [
-        "python3",
-        "/opt/trainer/train.py",
-        "--total-steps",
+    let cmd = train(
         "100000",
-        "--step-seconds",
-        "0.05",
-        "--ckpt-every",
-        "40",
-        "--save-seconds",
-        "6",
-        "--always-save",
-    ];
+        &["--ckpt-every", "40", "--save-seconds", "6", "--always-save"],
+    );
     let spec = "  preemption:\n    noticeSeconds: 60\n    minGraceSeconds: 2\n";
     let manifest = job("slow", "ckpt", &cmd, spec)
         .replace("claimName: ckpt", "claimName: ckpt\n    sizeHint: 1Ki");
@@ -287,16 +278,7 @@ fn disrupting_one_of_two_ranks_stops_the_other_within_a_second_and_both_resume_f
     claim(&ns.name, "shared", "ReadWriteMany");
     let watch = PodWatch::start(&ns.name);
     let _op = Operator::start(&ns.name);
-    let cmd = [
-        "python3",
-        "/opt/trainer/train.py",
-        "--total-steps",
-        "100000",
-        "--step-seconds",
-        "0.05",
-        "--ckpt-every",
-        "100",
-    ];
+    let cmd = train("100000", &["--ckpt-every", "100"]);
     apply(&ns.name, &job("gang", "shared", &cmd, "  replicas: 2\n"));
     wait_training(&ns.name, "gang", 1, 20);
     kubectl_ok(&[
@@ -382,16 +364,7 @@ fn the_operator_killed_at_any_moment_of_preemption_handling_duplicates_nothing_a
     claim(&ns.name, "ckpt", "ReadWriteOnce");
     let watch = PodWatch::start(&ns.name);
     let mut op = Operator::start(&ns.name);
-    let cmd = [
-        "python3",
-        "/opt/trainer/train.py",
-        "--total-steps",
-        "1000000",
-        "--step-seconds",
-        "0.05",
-        "--ckpt-every",
-        "50",
-    ];
+    let cmd = train("1000000", &["--ckpt-every", "50"]);
     apply(&ns.name, &job("chaos", "ckpt", &cmd, ""));
     let points = [
         KillPoint::RightAfterTheDisruption,

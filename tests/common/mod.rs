@@ -455,6 +455,20 @@ spec:
     )
 }
 
+/// The example trainer, a step every 50 ms for `steps` steps, then `extra`.
+pub fn train(steps: &'static str, extra: &[&'static str]) -> Vec<&'static str> {
+    let mut cmd = vec![
+        "python3",
+        "/opt/trainer/train.py",
+        "--total-steps",
+        steps,
+        "--step-seconds",
+        "0.05",
+    ];
+    cmd.extend_from_slice(extra);
+    cmd
+}
+
 pub fn claim(ns: &str, name: &str, mode: &str) {
     provision_volume(ns, name, mode);
     let pvc = format!(
