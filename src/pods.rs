@@ -137,6 +137,7 @@ pub fn build_pod(job: &TrainingJob, plan: &AttemptPlan, rank: i32) -> Result<Pod
         pod_spec.subdomain = Some(service_name(&name));
     }
     schedule(&mut pod_spec, &accelerators, plan.spot);
+    tolerate_lost_node(&mut pod_spec, job.spec.preemption.node_unreachable_seconds);
     let mut labels = template_meta.labels.unwrap_or_default();
     labels.extend(job_labels(job));
     labels.insert(RANK_LABEL.into(), rank.to_string());
@@ -368,6 +369,30 @@ fn schedule(pod_spec: &mut PodSpec, accelerators: &[String], spot: Option<SpotPr
     }
     if pod_spec.tolerations.as_ref().is_some_and(|t| t.is_empty()) {
         pod_spec.tolerations = None;
+    }
+}
+
+/// The taints a node gets when it stops answering.
+pub const NODE_LOST_TAINTS: &[&str] = &[
+    "node.kubernetes.io/not-ready",
+    "node.kubernetes.io/unreachable",
+];
+
+/// Bounds how long a pod stays on a lost node (the DefaultTolerationSeconds
+/// admission plugin would give 300 s). A template's own toleration of the
+/// same taint wins.
+fn tolerate_lost_node(pod_spec: &mut PodSpec, seconds: i32) {
+    let tolerations = pod_spec.tolerations.get_or_insert_with(Vec::new);
+    for key in NODE_LOST_TAINTS {
+        if !tolerations.iter().any(|t| t.key.as_deref() == Some(key)) {
+            tolerations.push(Toleration {
+                key: Some(key.to_string()),
+                operator: Some("Exists".into()),
+                effect: Some("NoExecute".into()),
+                toleration_seconds: Some(i64::from(seconds.max(0))),
+                ..Default::default()
+            });
+        }
     }
 }
 

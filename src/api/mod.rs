@@ -208,6 +208,15 @@ pub struct PreemptionSpec {
     #[serde(default = "default_max_preemptions")]
     #[schemars(range(min = 0, max = 100000))]
     pub max_preemptions: i32,
+
+    /// How long a training pod stays bound to a node that stopped answering
+    /// (NotReady or unreachable) before Kubernetes evicts it: the pods'
+    /// tolerationSeconds for node.kubernetes.io/not-ready and unreachable.
+    /// Kubernetes' own default is 300 s, which a gang would spend waiting
+    /// on one lost rank while the others train on.
+    #[serde(default = "default_node_unreachable_seconds")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub node_unreachable_seconds: i32,
 }
 
 impl Default for PreemptionSpec {
@@ -216,6 +225,7 @@ impl Default for PreemptionSpec {
             notice_seconds: None,
             min_grace_seconds: default_min_grace_seconds(),
             max_preemptions: default_max_preemptions(),
+            node_unreachable_seconds: default_node_unreachable_seconds(),
         }
     }
 }
@@ -257,6 +267,9 @@ fn default_prefetch_factor() -> i32 {
 }
 fn default_min_grace_seconds() -> i32 {
     5
+}
+fn default_node_unreachable_seconds() -> i32 {
+    30
 }
 fn default_max_preemptions() -> i32 {
     100

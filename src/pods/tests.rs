@@ -276,7 +276,7 @@ fn spot_adds_the_providers_selector_and_toleration() {
         spec.node_selector.unwrap()["eks.amazonaws.com/capacityType"],
         "SPOT"
     );
-    assert!(spec.tolerations.is_none());
+    assert!(placement_tolerations(&spec.tolerations).is_empty());
     let none = build_pod(&j, &plan(), 0).unwrap().spec.unwrap();
     assert!(none.node_selector.is_none());
 }
@@ -295,7 +295,7 @@ fn template_node_selector_and_tolerations_are_kept() {
     let sel = spec.node_selector.unwrap();
     assert_eq!(sel["pool"], "a100");
     assert_eq!(sel["kubernetes.azure.com/scalesetpriority"], "spot");
-    assert_eq!(spec.tolerations.unwrap().len(), 2);
+    assert_eq!(placement_tolerations(&spec.tolerations).len(), 2);
 }
 
 #[test]
@@ -475,7 +475,7 @@ fn devices_claimed_through_dynamic_resource_allocation_reach_the_pod_unchanged()
         "gpus"
     );
     assert!(
-        spec.tolerations.is_none(),
+        placement_tolerations(&spec.tolerations).is_empty(),
         "a claim is not an extended resource"
     );
 }
@@ -505,5 +505,57 @@ fn an_amd_gpu_gets_the_same_treatment_as_an_nvidia_one() {
             .unwrap()["amd.com/gpu"]
             .0,
         "8"
+    );
+}
+
+/// Tolerations other than the lost-node ones every pod gets.
+fn placement_tolerations(
+    tolerations: &Option<Vec<k8s_openapi::api::core::v1::Toleration>>,
+) -> Vec<String> {
+    tolerations
+        .iter()
+        .flatten()
+        .filter_map(|t| t.key.clone())
+        .filter(|k| !NODE_LOST_TAINTS.contains(&k.as_str()))
+        .collect()
+}
+
+#[test]
+fn a_pod_leaves_a_lost_node_after_node_unreachable_seconds_not_300() {
+    let spec = build_pod(&job(json!({})), &plan(), 0)
+        .unwrap()
+        .spec
+        .unwrap();
+    let lost: Vec<_> = spec
+        .tolerations
+        .iter()
+        .flatten()
+        .filter(|t| t.effect.as_deref() == Some("NoExecute"))
+        .map(|t| (t.key.clone().unwrap(), t.toleration_seconds))
+        .collect();
+    assert_eq!(
+        lost,
+        [
+            ("node.kubernetes.io/not-ready".to_string(), Some(30)),
+            ("node.kubernetes.io/unreachable".to_string(), Some(30))
+        ]
+    );
+    let mine = job(
+        json!({"preemption": {"nodeUnreachableSeconds": 5}, "template": {"spec": {
+        "tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                         "effect": "NoExecute", "tolerationSeconds": 600}],
+        "containers": [{"name": "trainer", "image": "img", "command": ["python3"]}]}}}),
+    );
+    let spec = build_pod(&mine, &plan(), 0).unwrap().spec.unwrap();
+    let secs: Vec<_> = spec
+        .tolerations
+        .unwrap()
+        .iter()
+        .map(|t| t.toleration_seconds)
+        .collect();
+    assert_eq!(
+        secs,
+        [Some(600), Some(5)],
+        "the template's own toleration wins"
     );
 }
