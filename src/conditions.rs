@@ -14,9 +14,6 @@ pub enum ConditionType {
     /// The spec passed the schema but cannot run (claim, /dev/shm, template,
     /// or a create the API server refused).
     SpecProblem,
-    /// An earlier attempt's pod may still run on a node that stopped
-    /// answering; the next attempt waits for it.
-    WaitingForNode,
 }
 
 impl ConditionType {
@@ -27,7 +24,6 @@ impl ConditionType {
             Self::Failed => "Failed",
             Self::GraceExceedsNotice => "GraceExceedsNotice",
             Self::SpecProblem => "SpecProblem",
-            Self::WaitingForNode => "WaitingForNode",
         }
     }
 }
