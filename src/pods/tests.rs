@@ -43,7 +43,8 @@ fn plan() -> AttemptPlan {
 }
 
 fn trainer(pod: &Pod) -> &Container {
-    &pod.spec.as_ref().unwrap().containers[0]
+    let containers = &pod.spec.as_ref().unwrap().containers;
+    containers.iter().find(|c| c.name == "trainer").unwrap()
 }
 
 fn env(pod: &Pod, name: &str) -> Option<String> {
@@ -458,21 +459,14 @@ fn devices_claimed_through_dynamic_resource_allocation_reach_the_pod_unchanged()
         "containers": [{"name": "trainer", "image": "img", "command": ["python3"],
                         "resources": {"claims": [{"name": "gpus"}]}}]}}}));
     let pod = build_pod(&j, &plan(), 0).unwrap();
+    let resources = trainer(&pod).resources.as_ref().unwrap();
+    assert_eq!(resources.claims.as_ref().unwrap()[0].name, "gpus");
     let spec = pod.spec.unwrap();
     let claims = spec.resource_claims.unwrap();
     assert_eq!(claims[0].name, "gpus");
     assert_eq!(
         claims[0].resource_claim_template_name.as_deref(),
         Some("eight-h100")
-    );
-    let trainer = spec
-        .containers
-        .iter()
-        .find(|c| c.name == "trainer")
-        .unwrap();
-    assert_eq!(
-        trainer.resources.as_ref().unwrap().claims.as_ref().unwrap()[0].name,
-        "gpus"
     );
     assert!(
         placement_tolerations(&spec.tolerations).is_empty(),
@@ -487,25 +481,10 @@ fn an_amd_gpu_gets_the_same_treatment_as_an_nvidia_one() {
         "command": ["python3"], "resources": {"limits": {"amd.com/gpu": "8"}}}]}}}),
     );
     let pod = build_pod(&j, &plan(), 0).unwrap();
-    let spec = pod.spec.unwrap();
-    let t = &spec.tolerations.unwrap()[0];
+    let requests = trainer(&pod).resources.as_ref().unwrap().requests.as_ref();
+    assert_eq!(requests.unwrap()["amd.com/gpu"].0, "8");
+    let t = &pod.spec.unwrap().tolerations.unwrap()[0];
     assert_eq!(t.key.as_deref(), Some("amd.com/gpu"));
-    let trainer = spec
-        .containers
-        .iter()
-        .find(|c| c.name == "trainer")
-        .unwrap();
-    assert_eq!(
-        trainer
-            .resources
-            .as_ref()
-            .unwrap()
-            .requests
-            .as_ref()
-            .unwrap()["amd.com/gpu"]
-            .0,
-        "8"
-    );
 }
 
 /// Tolerations other than the lost-node ones every pod gets.
