@@ -54,6 +54,10 @@ pub struct Report {
     /// the steps the next attempt must redo.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_step: Option<u64>,
+    /// When the launcher first read a step past the one it resumed from:
+    /// the end of the time to resume, as the trainer sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_step_at_unix_ms: Option<u64>,
     /// The trainer stopped because another rank of its gang was signalled,
     /// not because the job was done; the state is then `signalled` even
     /// though no signal reached this launcher.

@@ -99,6 +99,10 @@ impl Supervisor {
         };
         let before = (self.report.last_step, self.report.peer_stop.clone());
         self.report.last_step = Some(p.step);
+        let resumed = self.report.resumed_from.as_ref().map(|c| c.step);
+        if self.report.first_step_at_unix_ms.is_none() && Some(p.step) > resumed {
+            self.report.first_step_at_unix_ms = Some(sys::now_unix_ms());
+        }
         // Sticky: once the trainer said why it stops, a later write without
         // the reason does not turn the run back into a completed one.
         if p.peer_stop.is_some() {
