@@ -101,6 +101,24 @@ impl PodIndex {
             .unwrap_or_default()
     }
 
+    /// The jobs with a pod bound to one of `nodes`.
+    pub fn jobs_on(&self, nodes: &[String]) -> Vec<JobKey> {
+        if nodes.is_empty() {
+            return Vec::new();
+        }
+        let on = |p: &Arc<Pod>| {
+            let node = p.spec.as_ref().and_then(|s| s.node_name.as_ref());
+            node.is_some_and(|n| nodes.contains(n))
+        };
+        self.by_job
+            .read()
+            .unwrap()
+            .iter()
+            .filter(|(_, pods)| pods.values().any(on))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// Pods held, for the benchmarks' memory figures.
     pub fn len(&self) -> usize {
         self.by_job.read().unwrap().values().map(|p| p.len()).sum()
@@ -112,14 +130,15 @@ impl PodIndex {
 }
 
 /// Drops what the operator never reads before a pod enters the cache:
-/// managedFields, annotations, and the pod spec but for its node and its
-/// containers' names.
+/// managedFields, annotations, and the pod spec but for its node, its
+/// scheduling gates and its containers' names.
 pub fn strip_pod(pod: &mut Pod) {
     pod.metadata.managed_fields = None;
     pod.metadata.annotations = None;
     if let Some(spec) = pod.spec.take() {
         pod.spec = Some(PodSpec {
             node_name: spec.node_name,
+            scheduling_gates: spec.scheduling_gates,
             containers: spec
                 .containers
                 .into_iter()

@@ -14,6 +14,12 @@ pub enum ConditionType {
     /// The spec passed the schema but cannot run (claim, /dev/shm, template,
     /// or a create the API server refused).
     SpecProblem,
+    /// An old pod stays on a node that stopped answering: its trainer may
+    /// still be writing, so the next attempt waits for it.
+    WaitingForNode,
+    /// Several attempts in a row ended without a newer checkpoint; the
+    /// next one waits a backoff instead of looping to maxPreemptions.
+    NoProgress,
 }
 
 impl ConditionType {
@@ -24,6 +30,8 @@ impl ConditionType {
             Self::Failed => "Failed",
             Self::GraceExceedsNotice => "GraceExceedsNotice",
             Self::SpecProblem => "SpecProblem",
+            Self::WaitingForNode => "WaitingForNode",
+            Self::NoProgress => "NoProgress",
         }
     }
 }

@@ -12,15 +12,17 @@ use crate::finalizers::Orphans;
 use crate::labels::managed_selector;
 use crate::lifecycle::{self, Decision, Inputs};
 use crate::metrics::Metrics;
+use crate::nodes::{self, NodeIndex};
 use crate::observe::{self, PodView};
 use crate::preflight;
 use crate::validate::{self, SpecProblem};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use std::future::Future;
@@ -40,6 +42,7 @@ pub struct Context {
     pub operator_image: String,
     pub defaults: Defaults,
     pub pods: PodIndex,
+    pub nodes: NodeIndex,
     pub unseen: Unseen,
     pub backoff: Backoff,
 }
@@ -62,6 +65,7 @@ impl Context {
             operator_image,
             defaults,
             pods: PodIndex::default(),
+            nodes: NodeIndex::default(),
             unseen: Unseen::default(),
             backoff: Backoff::default(),
         }
@@ -128,6 +132,7 @@ pub async fn run(
     Controller::for_stream(job_events, jobs)
         .owns_stream(pod_events)
         .owns_stream(services)
+        .reconcile_on(node_changes(ctx.clone()))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -139,6 +144,40 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// The jobs with a pod on a node whose facts changed (readiness, a notice
+/// taint). One cluster-wide watch, stripped; an operator that may not
+/// watch nodes still runs, only blind to them, and says so.
+fn node_changes(
+    ctx: Arc<Context>,
+) -> impl futures::Stream<Item = ObjectRef<TrainingJob>> + Send + 'static {
+    let index = ctx.clone();
+    watcher(
+        Api::<Node>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(nodes::strip_node)
+    .filter_map(move |event| {
+        let ctx = ctx.clone();
+        async move {
+            match event {
+                Ok(e) => Some(ctx.nodes.apply(&e)),
+                Err(e) => {
+                    warn!("watching nodes (needs list and watch on nodes): {e}");
+                    None
+                }
+            }
+        }
+    })
+    .flat_map(move |changed| {
+        let jobs = index.pods.jobs_on(&changed);
+        futures::stream::iter(
+            jobs.into_iter()
+                .map(|(ns, name)| ObjectRef::new(&name).within(&ns)),
+        )
+    })
 }
 
 #[instrument(skip_all, fields(job = %job.name_any(), ns = job.namespace().unwrap_or_default()))]
@@ -186,7 +225,14 @@ fn dereference(job: &TrainingJob, ctx: &Context) -> Result<World> {
             Some("Succeeded" | "Failed")
         )
     });
-    let views = pods.iter().filter_map(|p| observe::view(&job, p)).collect();
+    let views = pods
+        .iter()
+        .filter_map(|p| observe::view(&job, p))
+        .map(|mut v| {
+            v.node_facts = v.node.as_deref().and_then(|n| ctx.nodes.get(n));
+            v
+        })
+        .collect();
     Ok(World {
         job,
         ns,

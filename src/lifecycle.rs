@@ -162,6 +162,27 @@ impl<'a> Gang<'a> {
         })
     }
 
+    /// A rank whose node carries a cloud's termination notice. The whole
+    /// gang stops now, on one deadline, so every rank saves at the same
+    /// step, instead of this rank going at the end of the notice while the
+    /// others train on past the checkpoint it could not join.
+    fn noticed(&self) -> Option<Ended<'a>> {
+        self.ranks.iter().find_map(|(&rank, pod)| {
+            let p = (*pod)?;
+            let (taint, who) = p.node_facts.as_ref()?.notice.as_ref()?;
+            let node = p.node.as_deref().unwrap_or_default();
+            (p.live && !p.deleting).then(|| Ended {
+                rank,
+                pod: Some(p),
+                reason: "TerminationNotice".into(),
+                message: format!(
+                    "node {node} carries the {taint} taint ({who}): it is about to be taken away, \
+                     so every rank stops now with the same deadline"
+                ),
+            })
+        })
+    }
+
     fn all(&self, f: impl Fn(&PodView) -> bool) -> bool {
         self.ranks.values().all(|p| p.is_some_and(&f))
     }
@@ -228,7 +249,10 @@ pub fn decide(inp: &Inputs) -> Decision {
     }
     match phase {
         Phase::Stopping => stopping(&mut d, &cx),
-        _ => active(&mut d, &cx, phase),
+        _ => {
+            d.conditions(&cx).clear(ConditionType::WaitingForNode);
+            active(&mut d, &cx, phase)
+        }
     }
     d
 }
@@ -313,7 +337,9 @@ fn catch_up(d: &mut Decision, cx: &Ctx) -> bool {
 fn active(d: &mut Decision, cx: &Ctx, phase: Phase) {
     let attempt = d.status.attempt;
     let gang = Gang::new(cx.job().spec.replicas, attempt, cx.inp.pods);
-    if let Some(ended) = gang.disrupted(&cx.name, attempt) {
+    crate::timeline::observe(&mut d.status, gang.ranks.len(), cx.inp.pods);
+    let disrupted = gang.disrupted(&cx.name, attempt).or_else(|| gang.noticed());
+    if let Some(ended) = disrupted {
         preempted(d, cx, ended);
     } else if let Some((ended, code)) = gang.failed() {
         trainer_failed(d, cx, ended, code);
@@ -326,20 +352,39 @@ fn active(d: &mut Decision, cx: &Ctx, phase: Phase) {
             d.transition(cx, Transition::Running { attempt, ranks });
         }
     } else {
-        let note = format!(
-            "attempt {attempt}: {} of {} ranks running",
-            gang.running(),
-            gang.ranks.len()
-        );
-        d.conditions(cx)
-            .set(ConditionType::Ready, false, "Starting", &note);
+        starting(d, cx, &gang);
     }
+}
+
+/// Not every rank runs yet. Pods a queue holds back (Kueue's scheduling
+/// gate) are queued, not a stalled attempt.
+fn starting(d: &mut Decision, cx: &Ctx, gang: &Gang) {
+    let attempt = d.status.attempt;
+    let ranks = gang.ranks.len();
+    let gated = gang.ranks.values().flatten().filter(|p| p.gated).count();
+    let (reason, note) = if gated > 0 {
+        let note = format!(
+            "attempt {attempt}: {gated} of {ranks} pods wait for admission by their queue \
+             (scheduling gates)"
+        );
+        ("Queued", note)
+    } else {
+        let note = format!(
+            "attempt {attempt}: {} of {ranks} ranks running",
+            gang.running()
+        );
+        ("Starting", note)
+    };
+    d.conditions(cx)
+        .set(ConditionType::Ready, false, reason, &note);
 }
 
 fn preempted(d: &mut Decision, cx: &Ctx, ended: Ended) {
     let s = &mut d.status;
     s.preemptions += 1;
+    crate::ledger::count_preemption(s, &ended.reason);
     push_interruption(s, InterruptionKind::Preemption, &ended, cx.inp.now);
+    crate::timeline::signalled(s, s.attempt, cx.inp.now);
     s.phase = Some(Phase::Stopping);
     let t = Transition::Preempted {
         attempt: s.attempt,
@@ -370,6 +415,7 @@ fn trainer_failed(d: &mut Decision, cx: &Ctx, ended: Ended, exit_code: i32) {
         ..ended
     };
     push_interruption(s, InterruptionKind::Failure, &ended, at);
+    crate::timeline::signalled(s, s.attempt, cx.inp.now);
     d.delete = to_stop(cx.inp.pods, cx.inp.now);
     if s.failures > cx.job().spec.backoff_limit {
         fail(d, cx, FailReason::BackoffLimitExceeded, note);
@@ -400,8 +446,12 @@ fn succeeded(d: &mut Decision, cx: &Ctx) {
 fn stopping(d: &mut Decision, cx: &Ctx) {
     if cx.inp.pods.iter().any(|p| p.live) {
         d.delete = to_stop(cx.inp.pods, cx.inp.now);
+        wait_for_nodes(d, cx);
         return;
     }
+    d.conditions(cx).clear(ConditionType::WaitingForNode);
+    let attempt = d.status.attempt;
+    crate::timeline::old_pods_gone(&mut d.status, attempt, cx.inp.now);
     let s = &d.status;
     let last = s.interruptions.last().filter(|i| i.attempt == s.attempt);
     let max = cx.job().spec.preemption.max_preemptions;
@@ -412,20 +462,87 @@ fn stopping(d: &mut Decision, cx: &Ctx) {
     }
     // Backoff runs from when the trainer failed, as status recorded it: the
     // failed pod itself may be gone by now.
-    let failed_at = last
-        .filter(|i| i.kind == InterruptionKind::Failure)
-        .and_then(|i| i.time.as_ref())
-        .map(|t| t.0);
-    if let Some(since) = failed_at {
-        let ready_at = since + SignedDuration::from_secs(backoff_seconds(s.failures));
+    let since = last.and_then(|i| i.time.as_ref()).map(|t| t.0);
+    let failure = last.is_some_and(|i| i.kind == InterruptionKind::Failure);
+    let failure_wait = failure.then(|| backoff_seconds(s.failures));
+    let wait = failure_wait.max(no_progress(d, cx));
+    if let (Some(since), Some(wait)) = (since, wait) {
+        let ready_at = since + SignedDuration::from_secs(wait);
         if cx.inp.now < ready_at {
             let left = ready_at.duration_since(cx.inp.now).as_secs_f64().max(0.1);
             d.requeue_after = Some(Duration::from_secs_f64(left));
             return;
         }
     }
-    let next = s.attempt + 1;
+    let next = d.status.attempt + 1;
     start_attempt(d, cx, next, Phase::Resuming);
+}
+
+/// Sets or clears NoProgress for the attempt that just ended; returns the
+/// backoff it calls for.
+fn no_progress(d: &mut Decision, cx: &Ctx) -> Option<i64> {
+    let Some(wait) = crate::ledger::no_progress_backoff_seconds(&d.status) else {
+        d.conditions(cx).clear(ConditionType::NoProgress);
+        return None;
+    };
+    let s = &d.status;
+    let from = s
+        .resumed_from_step
+        .map_or("scratch".to_string(), |step| format!("step {step}"));
+    let note = format!(
+        "{} attempts in a row ended without a checkpoint newer than {from}; attempt {} waits {wait}s. \
+         Check that the trainer saves before the grace period ({}s) runs out, and how often it is preempted",
+        crate::ledger::stalled(s),
+        s.attempt + 1,
+        s.grace_period_seconds.unwrap_or_default(),
+    );
+    let known = crate::conditions::find(&s.conditions, ConditionType::NoProgress)
+        .is_some_and(|c| c.status == "True" && c.message == note);
+    if !known {
+        d.transition(cx, Transition::NoProgress { note });
+    }
+    Some(wait)
+}
+
+/// Old pods left on nodes that stopped answering. Their trainers may still
+/// be writing the checkpoint, so the next attempt waits; say for which pod,
+/// on which node, and how an administrator who knows the machine is off
+/// releases it.
+fn wait_for_nodes(d: &mut Decision, cx: &Ctx) {
+    let stuck: Vec<&PodView> = cx
+        .inp
+        .pods
+        .iter()
+        .filter(|p| p.live && p.node_facts.as_ref().is_some_and(|n| !n.ready))
+        .collect();
+    let Some(first) = stuck.first() else {
+        d.conditions(cx).clear(ConditionType::WaitingForNode);
+        return;
+    };
+    let node = first.node.as_deref().unwrap_or_default();
+    let facts = first.node_facts.clone().unwrap_or_default();
+    let since = facts
+        .since
+        .map(|t| format!(" since {t}"))
+        .unwrap_or_default();
+    let why = facts.reason.map(|r| format!(" ({r})")).unwrap_or_default();
+    let more = match stuck.len() {
+        1 => String::new(),
+        n => format!(" and {} more pods", n - 1),
+    };
+    let note = format!(
+        "attempt {} waits for pod {}{more} on node {node}, which has not answered{since}{why}: \
+         its trainer may still be writing the checkpoint. Once the machine is known to be off, \
+         release it with `kubectl taint nodes {node} node.kubernetes.io/out-of-service=nodeshutdown:NoExecute` \
+         or `kubectl delete node {node}`",
+        d.status.attempt + 1,
+        first.name,
+    );
+    let known = crate::conditions::find(&d.status.conditions, ConditionType::WaitingForNode)
+        .is_some_and(|c| c.status == "True" && c.message == note);
+    if !known {
+        d.transition(cx, Transition::WaitingForNode { note });
+    }
 }
 
 fn fail(d: &mut Decision, cx: &Ctx, reason: FailReason, note: String) {
@@ -455,6 +572,10 @@ fn start_attempt(d: &mut Decision, cx: &Ctx, attempt: i32, phase: Phase) {
         }
     };
     let s = &mut d.status;
+    if attempt > 1 && attempt > s.attempt {
+        crate::ledger::next_attempt(s);
+        crate::timeline::created(s, attempt - 1, cx.inp.now);
+    }
     s.attempt = attempt;
     s.phase = Some(phase);
     let resume = s
@@ -570,6 +691,7 @@ fn push_interruption(
         message: crate::text::tail(&ended.message, 300),
         steps_lost: None,
         time: Some(Time(time)),
+        timeline: None,
     });
     let excess = s.interruptions.len().saturating_sub(MAX_INTERRUPTIONS);
     s.interruptions.drain(..excess);

@@ -4,6 +4,7 @@
 
 use crate::api::TrainingJob;
 use crate::labels::{ATTEMPT_LABEL, RANK_LABEL};
+use crate::nodes::NodeFacts;
 use crate::pods::trainer_index;
 use crate::text::tail;
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod, PodStatus};
@@ -12,7 +13,7 @@ use kube::ResourceExt;
 use launcher::report::{LockState, Report, State};
 
 /// One pod of a job, reduced to what the lifecycle needs.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodView {
     pub name: String,
     pub rank: i32,
@@ -32,6 +33,15 @@ pub struct PodView {
     /// to report: once status records it, the finalizer may go.
     pub releasable: bool,
     pub finished_at: Option<Timestamp>,
+    /// The node it is bound to, and what the operator knows of that node
+    /// (filled in from the node cache, not from the pod).
+    pub node: Option<String>,
+    pub node_facts: Option<NodeFacts>,
+    /// When it was bound to a node, and when its trainer started.
+    pub scheduled_at: Option<Timestamp>,
+    pub started_at: Option<Timestamp>,
+    /// It still has scheduling gates: a queue (Kueue) has not admitted it.
+    pub gated: bool,
 }
 
 /// How a rank's attempt ended, as far as the pod tells.
@@ -109,6 +119,28 @@ pub fn view(job: &TrainingJob, pod: &Pod) -> Option<PodView> {
         report_error,
         releasable: crate::finalizers::releasable(pod),
         finished_at: terminated.and_then(|t| t.finished_at.as_ref()).map(|t| t.0),
+        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        node_facts: None,
+        scheduled_at: status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "True")
+            .and_then(|c| c.last_transition_time.as_ref())
+            .map(|t| t.0),
+        started_at: state
+            .and_then(|s| {
+                s.running
+                    .as_ref()
+                    .and_then(|r| r.started_at.as_ref())
+                    .or(s.terminated.as_ref().and_then(|t| t.started_at.as_ref()))
+            })
+            .map(|t| t.0),
+        gated: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.scheduling_gates.as_ref())
+            .is_some_and(|g| !g.is_empty()),
     })
 }
 

@@ -142,12 +142,14 @@ pub fn build_pod(job: &TrainingJob, plan: &AttemptPlan, rank: i32) -> Result<Pod
     labels.extend(job_labels(job));
     labels.insert(RANK_LABEL.into(), rank.to_string());
     labels.insert(ATTEMPT_LABEL.into(), plan.attempt.to_string());
+    let mut annotations = template_meta.annotations.unwrap_or_default();
+    crate::queue::pod_group(job, plan.attempt, &mut labels, &mut annotations);
     Ok(Pod {
         metadata: ObjectMeta {
             name: Some(pod_name(&name, plan.attempt, rank)),
             namespace: job.namespace(),
             labels: Some(labels),
-            annotations: template_meta.annotations,
+            annotations: (!annotations.is_empty()).then_some(annotations),
             owner_references: Some(vec![owner_reference(job)]),
             finalizers: Some(vec![REPORT_FINALIZER.into()]),
             ..Default::default()

@@ -23,6 +23,10 @@ pub fn record(s: &mut TrainingJobStatus, pods: &[PodView]) {
     for (p, r) in &reports {
         record_checkpoint(s, r);
         record_steps_lost(s, p.attempt, r);
+        let first = r.first_step_at_unix_ms.map(clamp);
+        if let Some(at) = first.and_then(|ms| Timestamp::from_millisecond(ms).ok()) {
+            crate::timeline::first_step(s, p.attempt, at);
+        }
     }
     record_saves(s, &reports);
 }
@@ -97,6 +101,9 @@ fn record_steps_lost(s: &mut TrainingJobStatus, attempt: i32, r: &Report) {
         .rev()
         .find(|i| i.attempt == attempt)
     {
-        i.steps_lost = Some(i.steps_lost.map_or(lost, |old| old.max(lost)));
+        let old = i.steps_lost;
+        let new = old.map_or(lost, |old| old.max(lost));
+        i.steps_lost = Some(new);
+        crate::ledger::count_steps_lost(s, old, new);
     }
 }

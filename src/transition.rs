@@ -60,6 +60,15 @@ pub enum Transition {
     SpecCannotRun {
         message: String,
     },
+    /// An old pod is on a node that stopped answering; the next attempt
+    /// waits until it is known to be gone.
+    WaitingForNode {
+        note: String,
+    },
+    /// Attempts keep ending without a newer checkpoint.
+    NoProgress {
+        note: String,
+    },
     /// A launcher's report did not parse: evidence lost, said out loud.
     ReportUnreadable {
         pod: String,
@@ -80,6 +89,8 @@ impl Transition {
             Self::Failed { reason, .. } => reason.as_str(),
             Self::SpecCannotRun { .. } => "SpecCannotRun",
             Self::ReportUnreadable { .. } => "ReportUnreadable",
+            Self::WaitingForNode { .. } => "WaitingForNode",
+            Self::NoProgress { .. } => "NoProgress",
         }
     }
 
@@ -98,6 +109,8 @@ impl Transition {
             Self::Started { note }
             | Self::Resuming { note }
             | Self::TrainerFailed { note }
+            | Self::WaitingForNode { note }
+            | Self::NoProgress { note }
             | Self::Succeeded { note }
             | Self::Failed { note, .. } => note.clone(),
             Self::Running { attempt, ranks } => {
@@ -142,6 +155,8 @@ impl Transition {
                 c.set(SpecProblem, true, "SpecCannotRun", &note);
                 c.set(Ready, false, "SpecCannotRun", &note);
             }
+            Self::WaitingForNode { .. } => c.set(WaitingForNode, true, "NodeUnreachable", &note),
+            Self::NoProgress { .. } => c.set(NoProgress, true, "CheckpointNotAdvancing", &note),
             Self::ReportUnreadable { .. } => {}
         }
     }

@@ -792,6 +792,8 @@ fn the_service_account_may_do_what_the_operator_needs_and_nothing_more() {
         &["create", "leases.coordination.k8s.io", "-n", o],
         &["update", &lease, "-n", o],
         &["get", &format!("customresourcedefinitions/{CRD}")],
+        &["list", "nodes"],
+        &["watch", "nodes"],
     ];
     let denied: &[&[&str]] = &[
         // Verbs the operator never uses on what it manages.
@@ -823,6 +825,8 @@ fn the_service_account_may_do_what_the_operator_needs_and_nothing_more() {
         &["get", "customresourcedefinitions/other.example.com"],
         &["create", "clusterroles"],
         &["delete", "nodes"],
+        &["patch", "nodes"],
+        &["get", "nodes/proxy"],
         &["*", "*", "--all-namespaces"],
     ];
     for args in needed {

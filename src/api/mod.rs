@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// The name a pod template's trainer container has when there are several.
 pub const TRAINER_CONTAINER: &str = "trainer";
@@ -317,6 +318,29 @@ pub struct TrainingJobStatus {
     #[serde(default)]
     pub failures: i32,
 
+    /// Preemptions over the life of the job by reason (the route that took
+    /// a rank away: EvictionByEvictionAPI, PreemptionByScheduler,
+    /// DeletionByPodGC, TerminationNotice, ...). Never reset; interruptions
+    /// keeps only the latest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub preemptions_by_reason: BTreeMap<String, i32>,
+
+    /// Steps trained and then redone over the life of the job: the sum of
+    /// every interruption's stepsLost. Never reset.
+    #[serde(default)]
+    pub steps_lost: i64,
+
+    /// The checkpoint step the current attempt resumed from; unset when it
+    /// started from scratch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from_step: Option<i64>,
+
+    /// Attempts in a row, before the current one, that ended without a
+    /// newer checkpoint than they resumed from. From 3 on, NoProgress is
+    /// set and the next attempt waits a backoff.
+    #[serde(default)]
+    pub attempts_without_progress: i32,
+
     /// The latest complete checkpoint a pod reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_checkpoint: Option<CheckpointStatus>,
@@ -374,6 +398,35 @@ pub struct Interruption {
     /// Backoff before the next attempt runs from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<Time>,
+    /// Where the time from `time` to training again went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<ResumeTimeline>,
+}
+
+/// When each step from an interruption back to training happened. Each is
+/// set once, as the operator sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResumeTimeline {
+    /// The operator asked every remaining rank of the attempt to stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signalled: Option<Time>,
+    /// No pod of the attempt could run any more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_pods_gone: Option<Time>,
+    /// The next attempt's pods were created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<Time>,
+    /// The last of them was bound to a node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled: Option<Time>,
+    /// The last of their trainers started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<Time>,
+    /// The first step the resumed trainer finished, from the launcher's
+    /// report of the next attempt (so known once that attempt ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_step: Option<Time>,
 }
 
 /// Whether an interruption was the infrastructure's doing or the trainer's.

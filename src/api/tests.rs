@@ -82,7 +82,7 @@ fn absent_optional_fields_are_not_serialized() {
     let status = serde_json::to_value(TrainingJobStatus::default()).unwrap();
     assert_eq!(
         status,
-        json!({"attempt": 0, "preemptions": 0, "failures": 0})
+        json!({"attempt": 0, "preemptions": 0, "failures": 0, "stepsLost": 0, "attemptsWithoutProgress": 0})
     );
 }
 

@@ -36,6 +36,7 @@ fn pv(attempt: i32, rank: i32) -> PodView {
         report_error: None,
         releasable: false,
         finished_at: None,
+        ..Default::default()
     }
 }
 
@@ -82,6 +83,7 @@ fn preempted_at(attempt: i32) -> Interruption {
         reason: "x".into(),
         message: String::new(),
         steps_lost: None,
+        timeline: None,
         time: None,
     }
 }
@@ -161,6 +163,7 @@ fn no_new_attempt_while_any_old_pod_can_still_run() {
         reason: "PodDeleted".into(),
         message: String::new(),
         steps_lost: None,
+        timeline: None,
         time: None,
     });
     let mut p1 = pv(1, 1);
@@ -431,4 +434,103 @@ fn terminal_jobs_only_clean_up() {
     let d = run(&job(Some(status(Phase::Failed, 2))), &[pv(2, 1)]);
     assert_eq!(d.delete, vec!["j-a2-r1".to_string()]);
     assert_eq!(d.create_attempt(), None);
+}
+
+fn on_node(mut p: PodView, node: &str, facts: crate::nodes::NodeFacts) -> PodView {
+    p.node = Some(node.into());
+    p.node_facts = Some(facts);
+    p
+}
+
+#[test]
+fn a_notice_taint_on_one_ranks_node_stops_every_rank_at_once() {
+    let notice = crate::nodes::NodeFacts {
+        ready: true,
+        notice: Some(("cloud.google.com/impending-node-termination".into(), "GKE")),
+        ..Default::default()
+    };
+    let p1 = on_node(pv(1, 1), "spot-1", notice);
+    let d = run(&job(Some(status(Phase::Running, 1))), &[pv(1, 0), p1]);
+    assert_eq!(d.status.phase, Some(Phase::Stopping));
+    assert_eq!((d.status.preemptions, d.status.failures), (1, 0));
+    assert_eq!(d.delete, ["j-a1-r0", "j-a1-r1"]);
+    let i = &d.status.interruptions[0];
+    assert_eq!((i.rank, i.reason.as_str()), (1, "TerminationNotice"));
+    assert!(i.message.contains("spot-1"), "{}", i.message);
+    assert_eq!(d.status.preemptions_by_reason["TerminationNotice"], 1);
+    let t = i.timeline.as_ref().unwrap();
+    assert_eq!(t.signalled.as_ref().map(|t| t.0), Some(now()));
+}
+
+#[test]
+fn an_old_pod_on_an_unreachable_node_holds_the_next_attempt_and_says_how_to_release_it() {
+    let mut s = status(Phase::Stopping, 1);
+    s.preemptions = 1;
+    s.interruptions.push(preempted_at(1));
+    let lost = crate::nodes::NodeFacts {
+        ready: false,
+        reason: Some("NodeStatusUnknown".into()),
+        ..Default::default()
+    };
+    let mut p0 = on_node(pv(1, 0), "gpu-7", lost);
+    p0.deleting = true;
+    let d = run(&job(Some(s.clone())), std::slice::from_ref(&p0));
+    assert_eq!(d.create_attempt(), None);
+    let c = cond(&d.status, WaitingForNode);
+    assert_eq!(c.status, "True");
+    for needed in [
+        "j-a1-r0",
+        "gpu-7",
+        "node.kubernetes.io/out-of-service",
+        "delete node",
+    ] {
+        assert!(c.message.contains(needed), "{needed}: {}", c.message);
+    }
+    assert_eq!(reasons(&d), ["WaitingForNode"]);
+    // The same wait says nothing new; the pod gone, the next attempt starts.
+    let again = run(&job(Some(d.status.clone())), &[p0]);
+    assert!(!reasons(&again).contains(&"WaitingForNode"));
+    let d = run(&job(Some(d.status)), &[]);
+    assert_eq!(d.create_attempt(), Some(2));
+    assert!(crate::conditions::find(&d.status.conditions, WaitingForNode).is_none());
+}
+
+#[test]
+fn gated_pods_are_queued_not_stalled() {
+    let mut p1 = pv(1, 1);
+    p1.running = false;
+    p1.gated = true;
+    let d = run(&job(Some(status(Phase::Pending, 1))), &[pv(1, 0), p1]);
+    let c = cond(&d.status, Ready);
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Queued"));
+}
+
+#[test]
+fn attempts_that_never_advance_the_checkpoint_back_off_with_no_progress() {
+    let mut s = status(Phase::Stopping, 4);
+    s.preemptions = 2;
+    s.attempts_without_progress = 2;
+    s.resumed_from_step = Some(40);
+    s.last_checkpoint = Some(crate::api::CheckpointStatus {
+        step: 40,
+        path: "/c/step-40".into(),
+        bytes: None,
+        save_seconds: None,
+        time: None,
+    });
+    let mut i = preempted_at(4);
+    i.time = Some(Time(now()));
+    s.interruptions.push(i);
+    let d = run(&job(Some(s.clone())), &[]);
+    assert_eq!(d.create_attempt(), None, "backs off instead of attempt 5");
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(10)));
+    assert_eq!(cond(&d.status, NoProgress).status, "True");
+    assert_eq!(reasons(&d), ["NoProgress"]);
+    // After the backoff, the next attempt starts and counts the stall.
+    s.interruptions[0].time = Some(Time(now() - SignedDuration::from_secs(11)));
+    let d = run(&job(Some(s)), &[]);
+    assert_eq!(d.create_attempt(), Some(5));
+    assert_eq!(d.status.attempts_without_progress, 3);
+    let t = d.status.interruptions[0].timeline.as_ref().unwrap();
+    assert!(t.old_pods_gone.is_some() && t.created.is_some());
 }

@@ -538,3 +538,25 @@ fn a_pod_leaves_a_lost_node_after_node_unreachable_seconds_not_300() {
         "the template's own toleration wins"
     );
 }
+
+#[test]
+fn a_job_on_a_kueue_queue_is_one_pod_group_per_attempt() {
+    use crate::queue::*;
+    let mut j = job(json!({"replicas": 2}));
+    let pods = build_pods(&j, &plan()).unwrap();
+    assert!(!pods[0].labels().contains_key(POD_GROUP_NAME_LABEL));
+    assert!(pods[0].metadata.annotations.is_none());
+    j.metadata.labels = Some(
+        [(QUEUE_NAME_LABEL, "team-a"), (PRIORITY_CLASS_LABEL, "low")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    for pod in build_pods(&j, &plan()).unwrap() {
+        let labels = pod.labels();
+        assert_eq!(labels[QUEUE_NAME_LABEL], "team-a");
+        assert_eq!(labels[PRIORITY_CLASS_LABEL], "low");
+        assert_eq!(labels[POD_GROUP_NAME_LABEL], "llm-a2");
+        assert_eq!(pod.annotations()[POD_GROUP_TOTAL_COUNT_ANNOTATION], "2");
+    }
+}
