@@ -510,3 +510,63 @@ pub fn wait_running(ns: &str, job: &str) {
         || format!("its status: {}", jsonpath(ns, &object, "{.status}")),
     )
 }
+
+// The example trainer's output.
+
+/// The trainer's last line when nothing interrupts it, run right here.
+pub fn uninterrupted(args: &[&str]) -> String {
+    let dir = std::env::temp_dir().join(format!(
+        "tj-reference-{}-{}",
+        std::process::id(),
+        args.join("_").len()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new("python3")
+        .arg(root().join("examples/trainer/train.py"))
+        .args(args)
+        .arg("--checkpoint-dir")
+        .arg(&dir)
+        .env_remove("TJ_CHECKPOINT_DIR")
+        .output()
+        .expect("python3 runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    final_line(&String::from_utf8_lossy(&out.stdout)).expect("the trainer prints a final line")
+}
+
+pub fn final_line(logs: &str) -> Option<String> {
+    logs.lines()
+        .rev()
+        .find(|l| l.starts_with("final "))
+        .map(String::from)
+}
+
+pub fn trainer_logs(ns: &str, pod: &str) -> String {
+    String::from_utf8_lossy(&kubectl(&["logs", "-n", ns, pod, "-c", "trainer"]).stdout).into_owned()
+}
+
+/// Waits until `attempt` runs and its rank-0 trainer has done `steps` steps
+/// in it, so a preemption lands mid-training.
+pub fn wait_training(ns: &str, job: &str, attempt: i32, steps: usize) -> String {
+    let pod = format!("{job}-a{attempt}-r0");
+    wait_until(
+        &format!("{pod} to train {steps} steps"),
+        Duration::from_secs(180),
+        || {
+            let running = jsonpath(ns, &format!("tj/{job}"), "{.status.attempt}")
+                == attempt.to_string()
+                && jsonpath(ns, &format!("tj/{job}"), "{.status.phase}") == "Running";
+            let trained = trainer_logs(ns, &pod)
+                .lines()
+                .filter(|l| l.starts_with("step "))
+                .count()
+                >= steps;
+            (running && trained).then_some(())
+        },
+    );
+    pod
+}

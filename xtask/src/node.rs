@@ -1,6 +1,6 @@
 //! The local node: Debian's containerd, runc and CNI plugins, and the kubelet
 //! of the pinned release, registered with the local control plane as
-//! `tjo-node`, advertising `nvidia.com/gpu: 8`.
+//! `tjo-node`, advertising `nvidia.com/gpu: 8` and `amd.com/gpu: 8`.
 //!
 //! Everything the node writes lives in folders of its own (`/var/lib/tjo-*`,
 //! `/run/tjo-*`, its own containerd socket, bridge and CNI config), so it
@@ -17,9 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Advertised as the extended resource `nvidia.com/gpu`, so GPU pods schedule.
+/// Advertised as extended resources, so GPU pods schedule. Two vendors, so
+/// that a job asking for a non-NVIDIA accelerator is proven to run too.
 pub const GPUS: u32 = 8;
-pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+pub const GPU_RESOURCES: &[&str] = &["nvidia.com/gpu", "amd.com/gpu"];
 
 const KUBELET_ROOT: &str = "/var/lib/tjo-kubelet";
 const POD_LOGS: &str = "/var/log/tjo-pods";
@@ -334,9 +335,11 @@ fn utc_now() -> Result<String> {
 
 fn gpus_advertised(paths: &Paths) -> bool {
     let want = GPUS.to_string();
-    let path = |field: &str| format!("{{.status.{field}.nvidia\\.com/gpu}}");
-    node_jsonpath(paths, &path("capacity")).as_deref() == Some(want.as_str())
-        && node_jsonpath(paths, &path("allocatable")).as_deref() == Some(want.as_str())
+    GPU_RESOURCES.iter().all(|r| {
+        let path = |field: &str| format!("{{.status.{field}.{}}}", r.replace('.', "\\."));
+        node_jsonpath(paths, &path("capacity")).as_deref() == Some(want.as_str())
+            && node_jsonpath(paths, &path("allocatable")).as_deref() == Some(want.as_str())
+    })
 }
 
 /// Advertises the GPUs as Kubernetes documents for extended resources: a
@@ -350,10 +353,18 @@ fn advertise_gpus(paths: &Paths) -> Result<()> {
     if gpus_advertised(paths) {
         return Ok(());
     }
-    step(format!("advertising {GPU_RESOURCE}: {GPUS} on {NODE_NAME}"));
-    let patch = format!(
-        r#"[{{"op": "add", "path": "/status/capacity/nvidia.com~1gpu", "value": "{GPUS}"}}]"#
-    );
+    step(format!(
+        "advertising {GPUS} each of {} on {NODE_NAME}",
+        GPU_RESOURCES.join(", ")
+    ));
+    let ops: Vec<serde_json::Value> = GPU_RESOURCES
+        .iter()
+        .map(|r| {
+            let path = format!("/status/capacity/{}", r.replace('/', "~1"));
+            serde_json::json!({"op": "add", "path": path, "value": GPUS.to_string()})
+        })
+        .collect();
+    let patch = serde_json::Value::Array(ops).to_string();
     run(kubectl(paths)?
         .args([
             "patch",
@@ -366,10 +377,31 @@ fn advertise_gpus(paths: &Paths) -> Result<()> {
         ])
         .stdout(Stdio::null()))?;
     wait_for(
-        &format!("the kubelet to report {GPU_RESOURCE} as allocatable"),
+        "the kubelet to report the GPUs as allocatable",
         Duration::from_secs(60),
         || gpus_advertised(paths),
     )
+}
+
+/// Emulates losing the node's VM for the node-loss tests: the kubelet stops
+/// answering, and with `kill` every container dies too, as with the machine.
+/// Without `kill` the containers run on: a node that is unreachable but
+/// maybe alive. `cargo xtask cluster up` brings the node back.
+pub fn stop(paths: &Paths, kill: bool) -> Result<()> {
+    daemon::stop(paths, "kubelet", Duration::from_secs(20))?;
+    if kill && containerd_ready() {
+        let ids: Vec<String> = output(ctr().args(["tasks", "ls", "-q"]))?
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect();
+        for id in &ids {
+            let _ = output(ctr().args(["tasks", "kill", "--all", "--signal", "SIGKILL", id]));
+        }
+        step(format!("killed {} containers on {NODE_NAME}", ids.len()));
+    }
+    step(format!("kubelet of {NODE_NAME} stopped"));
+    Ok(())
 }
 
 pub fn down(paths: &Paths) -> Result<()> {
@@ -602,7 +634,7 @@ pub fn status(paths: &Paths) -> Result<bool> {
     let gpus = ready && gpus_advertised(paths);
     println!(
         "{:<24} {}",
-        GPU_RESOURCE,
+        GPU_RESOURCES.join(", "),
         if gpus {
             format!("{GPUS} advertised")
         } else {
@@ -748,7 +780,7 @@ pub fn fake_nodes(paths: &Paths, count: u32) -> Result<()> {
 fn fake_node(name: &str) -> serde_json::Value {
     let (key, value) = FAKE_NODE_MARK;
     let resources = serde_json::json!({
-        "cpu": "32", "memory": "256Gi", "pods": "110", GPU_RESOURCE: GPUS.to_string(),
+        "cpu": "32", "memory": "256Gi", "pods": "110", GPU_RESOURCES[0]: GPUS.to_string(),
     });
     serde_json::json!({
         "apiVersion": "v1",

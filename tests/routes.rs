@@ -1,0 +1,388 @@
+//! Every other route by which a cluster takes a node or a pod away, on the
+//! real node: the VM lost, the node unreachable but maybe alive, scheduler
+//! preemption, a forced deletion and a cloud's termination-notice taint.
+//! Each must end with the gang resumed from the newest complete checkpoint,
+//! counted as a preemption, and the final line of an uninterrupted run.
+//!
+//! Every test here stops, taints or fills the one node, so they take turns
+//! on `NODE`, and each puts the node back however it ends.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+static NODE: Mutex<()> = Mutex::new(());
+const NODE_NAME: &str = "tjo-node";
+/// Where the kubelet writes container logs (xtask/src/node.rs POD_LOGS).
+const POD_LOGS: &str = "/var/log/tjo-pods";
+const STEPS: &str = "600";
+const CKPT_EVERY: &str = "50";
+
+fn xtask(args: &[&str]) {
+    let xtask = std::env::var_os("TJO_XTASK")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root().join("target/debug/xtask"));
+    let status = Command::new(&xtask)
+        .args(args)
+        .current_dir(root())
+        .status()
+        .unwrap_or_else(|e| panic!("{}: {e}", xtask.display()));
+    assert!(status.success(), "xtask {args:?} failed");
+}
+
+/// Puts the node back however a test ends: no test taint left, the kubelet
+/// running and the node Ready with its GPUs.
+struct NodeBack;
+
+impl Drop for NodeBack {
+    fn drop(&mut self) {
+        for taint in [
+            "node.kubernetes.io/out-of-service-",
+            "cloud.google.com/impending-node-termination-",
+        ] {
+            let _ = kubectl(&["taint", "nodes", NODE_NAME, taint]);
+        }
+        let _ = kubectl(&[
+            "delete",
+            "priorityclass",
+            "tjo-test-high",
+            "--ignore-not-found",
+        ]);
+        xtask(&["cluster", "up"]);
+    }
+}
+
+/// The newest step each pod's trainer printed as saved, read from the
+/// kubelet's log files as they grow: the logs of a pod on a lost node, or
+/// of one deleted at once, are gone from the API before a test could ask.
+struct SavedSteps {
+    steps: Arc<Mutex<BTreeMap<String, i64>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SavedSteps {
+    fn follow(ns: &str) -> Self {
+        let steps = Arc::new(Mutex::new(BTreeMap::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, halt, prefix) = (steps.clone(), stop.clone(), format!("{ns}_"));
+        std::thread::spawn(move || {
+            while !halt.load(std::sync::atomic::Ordering::Relaxed) {
+                scan_saved(&prefix, &s);
+                // A poll interval, not a synchronisation: saves are seconds apart.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Self { steps, stop }
+    }
+
+    fn newest(&self, pod: &str) -> Option<i64> {
+        self.steps.lock().unwrap().get(pod).copied()
+    }
+}
+
+impl Drop for SavedSteps {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn scan_saved(prefix: &str, into: &Mutex<BTreeMap<String, i64>>) {
+    let Ok(dirs) = std::fs::read_dir(POD_LOGS) else {
+        return;
+    };
+    for dir in dirs.flatten() {
+        let name = dir.file_name().to_string_lossy().into_owned();
+        let Some(pod) = name.strip_prefix(prefix).and_then(|r| r.rsplit_once('_')) else {
+            continue;
+        };
+        let Ok(files) = std::fs::read_dir(dir.path().join("trainer")) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+            let saved = text.lines().filter_map(|l| {
+                let rest = &l[l.find("saved step ")? + "saved step ".len()..];
+                rest.split_whitespace().next()?.parse::<i64>().ok()
+            });
+            if let Some(max) = saved.max() {
+                let mut map = into.lock().unwrap();
+                let e = map.entry(pod.0.to_string()).or_insert(max);
+                *e = (*e).max(max);
+            }
+        }
+    }
+}
+
+/// One job, its operator and its observers.
+struct Run {
+    ns: TempNamespace,
+    watch: PodWatch,
+    saved: SavedSteps,
+    _op: Operator,
+    reference: String,
+}
+
+const JOB: &str = "route";
+
+impl Run {
+    /// A job of `replicas` ranks, each asking for `gpus` of the node's.
+    fn start(prefix: &str, replicas: i32, gpus: u32) -> Self {
+        let args = ["--total-steps", STEPS, "--ckpt-every", CKPT_EVERY];
+        let reference = uninterrupted(&args);
+        let ns = TempNamespace::new(prefix);
+        let mode = if replicas > 1 {
+            "ReadWriteMany"
+        } else {
+            "ReadWriteOnce"
+        };
+        claim(&ns.name, "ckpt", mode);
+        let watch = PodWatch::start(&ns.name);
+        let saved = SavedSteps::follow(&ns.name);
+        let op = Operator::start(&ns.name);
+        let cmd = train(STEPS, &["--ckpt-every", CKPT_EVERY]);
+        let spec = format!("  replicas: {replicas}\n");
+        let mut manifest = job(JOB, "ckpt", &cmd, &spec);
+        if gpus > 0 {
+            let limits = format!("memory: 256Mi\n            nvidia.com/gpu: {gpus}");
+            manifest = manifest.replace("memory: 256Mi", &limits);
+        }
+        apply(&ns.name, &manifest);
+        wait_training(&ns.name, JOB, 1, 70);
+        Self {
+            ns,
+            watch,
+            saved,
+            _op: op,
+            reference,
+        }
+    }
+
+    fn status(&self, path: &str) -> String {
+        jsonpath(&self.ns.name, &format!("tj/{JOB}"), path)
+    }
+
+    fn wait_status(&self, what: &str, timeout: Duration, ok: impl Fn(&Run) -> bool) {
+        wait_until_or(
+            what,
+            timeout,
+            || ok(self).then_some(()),
+            || {
+                format!(
+                    "status: {}\npods: {:?}",
+                    self.status("{.status}"),
+                    self.watch.pods()
+                )
+            },
+        )
+    }
+
+    /// The checks every route shares, once the job has resumed and ended.
+    fn finish(&self, route: &str, reason: &str) {
+        wait_condition(
+            &self.ns.name,
+            &format!("tj/{JOB}"),
+            "Succeeded",
+            Duration::from_secs(300),
+        );
+        let s: Value = serde_json::from_str(&self.status("{.status}")).unwrap();
+        let i = &s["interruptions"][0];
+        assert_eq!(i["reason"], reason, "{route}: {s}");
+        assert_eq!(
+            (s["preemptions"].as_i64(), s["failures"].as_i64()),
+            (Some(1), Some(0)),
+            "{route}: {s}"
+        );
+        assert_eq!(s["preemptionsByReason"][reason], 1, "{route}: {s}");
+        let newest = self
+            .saved
+            .newest(&format!("{JOB}-a1-r0"))
+            .expect("attempt 1 saved");
+        let resumed = self
+            .watch
+            .report(&format!("{JOB}-a2-r0"))
+            .expect("attempt 2's report");
+        assert_eq!(
+            resumed["resumedFrom"]["step"], newest,
+            "{route}: attempt 2 resumes from the newest complete checkpoint"
+        );
+        let last = final_line(&trainer_logs(&self.ns.name, &format!("{JOB}-a2-r0")));
+        assert_eq!(last.as_deref(), Some(self.reference.as_str()), "{route}");
+        let t = &i["timeline"];
+        println!(
+            "{route}: resumed from step {newest}, steps lost {}, seen {} signalled {} gone {} created {} \
+             scheduled {} running {} first step {}",
+            i["stepsLost"], i["time"], t["signalled"], t["oldPodsGone"], t["created"],
+            t["scheduled"], t["running"], t["firstStep"]
+        );
+        for mark in [
+            "signalled",
+            "oldPodsGone",
+            "created",
+            "scheduled",
+            "running",
+            "firstStep",
+        ] {
+            assert!(t[mark].is_string(), "{route}: no {mark} in {t}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs the local cluster: cargo xtask test"]
+fn a_lost_vm_is_a_preemption_by_podgc_and_the_job_resumes_when_capacity_returns() {
+    let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let _back = NodeBack;
+    let run = Run::start("nodeloss", 1, 0);
+    xtask(&["node", "stop", "--kill"]);
+    kubectl_ok(&["delete", "node", NODE_NAME, "--wait=false"]);
+    run.wait_status("PodGC to take the pod", Duration::from_secs(180), |r| {
+        r.status("{.status.interruptions[0].reason}") == "DeletionByPodGC"
+    });
+    xtask(&["cluster", "up"]);
+    run.finish("node loss", "DeletionByPodGC");
+}
+
+#[test]
+#[ignore = "needs the local cluster: cargo xtask test"]
+fn an_unreachable_node_holds_the_next_attempt_until_it_is_declared_out_of_service() {
+    let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let _back = NodeBack;
+    let run = Run::start("unreachable", 1, 0);
+    xtask(&["node", "stop"]);
+    let waiting = r#"{.status.conditions[?(@.type=="WaitingForNode")].message}"#;
+    run.wait_status("WaitingForNode", Duration::from_secs(240), |r| {
+        !r.status(waiting).is_empty()
+    });
+    let message = run.status(waiting);
+    for needed in [
+        format!("{JOB}-a1-r0").as_str(),
+        NODE_NAME,
+        "node.kubernetes.io/out-of-service",
+    ] {
+        assert!(message.contains(needed), "{needed} in {message}");
+    }
+    let events = kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        &run.ns.name,
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    assert!(events.contains("WaitingForNode"), "{events}");
+    assert_eq!(
+        run.status("{.status.attempt}"),
+        "1",
+        "no second trainer while the first may run"
+    );
+    kubectl_ok(&[
+        "taint",
+        "nodes",
+        NODE_NAME,
+        "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute",
+    ]);
+    run.wait_status("attempt 2", Duration::from_secs(180), |r| {
+        r.status("{.status.attempt}") == "2"
+    });
+    kubectl_ok(&[
+        "taint",
+        "nodes",
+        NODE_NAME,
+        "node.kubernetes.io/out-of-service-",
+    ]);
+    xtask(&["cluster", "up"]);
+    run.finish("unreachable node", "DeletionByTaintManager");
+}
+
+#[test]
+#[ignore = "needs the local cluster: cargo xtask test"]
+fn a_higher_priority_pod_preempts_a_rank_and_the_gang_waits_for_room_without_burning_attempts() {
+    let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let _back = NodeBack;
+    let run = Run::start("schedpreempt", 1, 8);
+    apply(&run.ns.name, PREEMPTOR);
+    let pending = format!("{JOB}-a2-r0");
+    let unschedulable = r#"{.status.conditions[?(@.type=="PodScheduled")].reason}"#;
+    run.wait_status(
+        "attempt 2 to wait for room",
+        Duration::from_secs(180),
+        |r| jsonpath(&r.ns.name, &format!("pod/{pending}"), unschedulable) == "Unschedulable",
+    );
+    assert_eq!(
+        run.status("{.status.attempt}"),
+        "2",
+        "waiting burns no attempt"
+    );
+    assert_eq!(run.status("{.status.phase}"), "Resuming");
+    kubectl_ok(&[
+        "delete",
+        "pod",
+        "-n",
+        &run.ns.name,
+        "preemptor",
+        "--wait=false",
+    ]);
+    run.finish("scheduler preemption", "PreemptionByScheduler");
+}
+
+/// A pod of a higher PriorityClass that needs every GPU of the node.
+const PREEMPTOR: &str = r#"apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: tjo-test-high}
+value: 1000000
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: preemptor}
+spec:
+  priorityClassName: tjo-test-high
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: hog
+    image: localhost/tjo-trainer:dev
+    imagePullPolicy: Never
+    command: [python3, -c, "import signal, sys; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); signal.pause()"]
+    resources: {limits: {nvidia.com/gpu: 8, memory: 64Mi}}
+"#;
+
+#[test]
+#[ignore = "needs the local cluster: cargo xtask test"]
+fn a_termination_notice_taint_stops_every_rank_at_once_on_one_step() {
+    let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let _back = NodeBack;
+    let run = Run::start("notice", 2, 0);
+    kubectl_ok(&[
+        "taint",
+        "nodes",
+        NODE_NAME,
+        "cloud.google.com/impending-node-termination=true:NoSchedule",
+    ]);
+    let r0 = run
+        .watch
+        .wait_report(&format!("{JOB}-a1-r0"), Duration::from_secs(120));
+    let r1 = run
+        .watch
+        .wait_report(&format!("{JOB}-a1-r1"), Duration::from_secs(120));
+    assert_eq!(
+        r0["lastCheckpoint"]["step"], r1["lastCheckpoint"]["step"],
+        "{r0} {r1}"
+    );
+    run.wait_status(
+        "attempt 2 held back by the taint",
+        Duration::from_secs(120),
+        |r| r.status("{.status.attempt}") == "2",
+    );
+    kubectl_ok(&[
+        "taint",
+        "nodes",
+        NODE_NAME,
+        "cloud.google.com/impending-node-termination-",
+    ]);
+    run.finish("termination notice", "TerminationNotice");
+}
