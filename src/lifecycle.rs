@@ -183,6 +183,41 @@ impl<'a> Gang<'a> {
         })
     }
 
+    /// A rank whose node has not been Ready for `after`. Kubernetes' own
+    /// taint-based eviction would take its pod after the same time, but not
+    /// when every node of a zone stops answering (the node lifecycle
+    /// controller then suspects its own network and evicts nothing), and a
+    /// gang must not wait forever on a rank that cannot train.
+    fn unreachable(&self, now: Timestamp, after: SignedDuration) -> Option<Ended<'a>> {
+        self.ranks.iter().find_map(|(&rank, pod)| {
+            let p = (*pod)?;
+            let facts = p.node_facts.as_ref().filter(|n| !n.ready)?;
+            let since = facts.since.unwrap_or(now);
+            let node = p.node.as_deref().unwrap_or_default();
+            (p.live && !p.deleting && since + after <= now).then(|| Ended {
+                rank,
+                pod: Some(p),
+                reason: "NodeUnreachable".into(),
+                message: format!(
+                    "node {node} has not been Ready since {since} ({}); preemption.nodeUnreachableSeconds is {}s",
+                    facts.reason.as_deref().unwrap_or("no reason given"),
+                    after.as_secs()
+                ),
+            })
+        })
+    }
+
+    /// When the first rank on a node that stopped answering is due to be
+    /// taken for lost.
+    fn unreachable_due(&self, now: Timestamp, after: SignedDuration) -> Option<Duration> {
+        let due = self.ranks.values().flatten().filter_map(|p| {
+            let facts = p.node_facts.as_ref().filter(|n| !n.ready && p.live)?;
+            let at = facts.since.unwrap_or(now) + after;
+            Some(at.duration_since(now).as_secs_f64().max(0.1))
+        });
+        due.reduce(f64::min).map(Duration::from_secs_f64)
+    }
+
     fn all(&self, f: impl Fn(&PodView) -> bool) -> bool {
         self.ranks.values().all(|p| p.is_some_and(&f))
     }
@@ -338,7 +373,13 @@ fn active(d: &mut Decision, cx: &Ctx, phase: Phase) {
     let attempt = d.status.attempt;
     let gang = Gang::new(cx.job().spec.replicas, attempt, cx.inp.pods);
     crate::timeline::observe(&mut d.status, gang.ranks.len(), cx.inp.pods);
-    let disrupted = gang.disrupted(&cx.name, attempt).or_else(|| gang.noticed());
+    let lost_after =
+        SignedDuration::from_secs(cx.job().spec.preemption.node_unreachable_seconds.into());
+    let disrupted = gang
+        .disrupted(&cx.name, attempt)
+        .or_else(|| gang.noticed())
+        .or_else(|| gang.unreachable(cx.inp.now, lost_after));
+    d.requeue_after = gang.unreachable_due(cx.inp.now, lost_after);
     if let Some(ended) = disrupted {
         preempted(d, cx, ended);
     } else if let Some((ended, code)) = gang.failed() {

@@ -132,7 +132,11 @@ const JOB: &str = "route";
 impl Run {
     /// A job of `replicas` ranks, each asking for `gpus` of the node's.
     fn start(prefix: &str, replicas: i32, gpus: u32) -> Self {
-        let args = ["--total-steps", STEPS, "--ckpt-every", CKPT_EVERY];
+        Self::start_with(prefix, replicas, gpus, STEPS)
+    }
+
+    fn start_with(prefix: &str, replicas: i32, gpus: u32, steps: &'static str) -> Self {
+        let args = ["--total-steps", steps, "--ckpt-every", CKPT_EVERY];
         let reference = uninterrupted(&args);
         let ns = TempNamespace::new(prefix);
         let mode = if replicas > 1 {
@@ -144,7 +148,7 @@ impl Run {
         let watch = PodWatch::start(&ns.name);
         let saved = SavedSteps::follow(&ns.name);
         let op = Operator::start(&ns.name);
-        let cmd = train(STEPS, &["--ckpt-every", CKPT_EVERY]);
+        let cmd = train(steps, &["--ckpt-every", CKPT_EVERY]);
         let spec = format!("  replicas: {replicas}\n");
         let mut manifest = job(JOB, "ckpt", &cmd, &spec);
         if gpus > 0 {
@@ -182,7 +186,9 @@ impl Run {
     }
 
     /// The checks every route shares, once the job has resumed and ended.
-    fn finish(&self, route: &str, reason: &str) {
+    /// `reasons`: what may have taken the pod, when more than one part of
+    /// Kubernetes (or the operator) races to.
+    fn finish(&self, route: &str, reasons: &[&str]) {
         wait_condition(
             &self.ns.name,
             &format!("tj/{JOB}"),
@@ -191,7 +197,8 @@ impl Run {
         );
         let s: Value = serde_json::from_str(&self.status("{.status}")).unwrap();
         let i = &s["interruptions"][0];
-        assert_eq!(i["reason"], reason, "{route}: {s}");
+        let reason = i["reason"].as_str().unwrap_or_default();
+        assert!(reasons.contains(&reason), "{route}: {reasons:?}: {s}");
         assert_eq!(
             (s["preemptions"].as_i64(), s["failures"].as_i64()),
             (Some(1), Some(0)),
@@ -244,7 +251,7 @@ fn a_lost_vm_is_a_preemption_by_podgc_and_the_job_resumes_when_capacity_returns(
         r.status("{.status.interruptions[0].reason}") == "DeletionByPodGC"
     });
     xtask(&["cluster", "up"]);
-    run.finish("node loss", "DeletionByPodGC");
+    run.finish("node loss", &["DeletionByPodGC"]);
 }
 
 #[test]
@@ -252,7 +259,9 @@ fn a_lost_vm_is_a_preemption_by_podgc_and_the_job_resumes_when_capacity_returns(
 fn an_unreachable_node_holds_the_next_attempt_until_it_is_declared_out_of_service() {
     let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
     let _back = NodeBack;
-    let run = Run::start("unreachable", 1, 0);
+    // Long enough that the first trainer, which runs on unseen, is still
+    // training when its node comes back and the next attempt starts.
+    let run = Run::start_with("unreachable", 1, 0, "4000");
     xtask(&["node", "stop"]);
     let waiting = r#"{.status.conditions[?(@.type=="WaitingForNode")].message}"#;
     run.wait_status("WaitingForNode", Duration::from_secs(240), |r| {
@@ -296,7 +305,12 @@ fn an_unreachable_node_holds_the_next_attempt_until_it_is_declared_out_of_servic
         "node.kubernetes.io/out-of-service-",
     ]);
     xtask(&["cluster", "up"]);
-    run.finish("unreachable node", "DeletionByTaintManager");
+    // The test bed's one node is a whole zone gone dark, where Kubernetes
+    // evicts nothing: the operator takes the rank for lost itself.
+    run.finish(
+        "unreachable node",
+        &["NodeUnreachable", "DeletionByTaintManager"],
+    );
 }
 
 #[test]
@@ -327,7 +341,7 @@ fn a_higher_priority_pod_preempts_a_rank_and_the_gang_waits_for_room_without_bur
         "preemptor",
         "--wait=false",
     ]);
-    run.finish("scheduler preemption", "PreemptionByScheduler");
+    run.finish("scheduler preemption", &["PreemptionByScheduler"]);
 }
 
 /// A pod of a higher PriorityClass that needs every GPU of the node.
@@ -384,5 +398,5 @@ fn a_termination_notice_taint_stops_every_rank_at_once_on_one_step() {
         NODE_NAME,
         "cloud.google.com/impending-node-termination-",
     ]);
-    run.finish("termination notice", "TerminationNotice");
+    run.finish("termination notice", &["TerminationNotice"]);
 }

@@ -534,3 +534,29 @@ fn attempts_that_never_advance_the_checkpoint_back_off_with_no_progress() {
     let t = d.status.interruptions[0].timeline.as_ref().unwrap();
     assert!(t.old_pods_gone.is_some() && t.created.is_some());
 }
+
+#[test]
+fn a_rank_whose_node_stopped_answering_is_taken_for_lost_after_node_unreachable_seconds() {
+    let lost_since = |secs: i64| crate::nodes::NodeFacts {
+        ready: false,
+        since: Some(now() - SignedDuration::from_secs(secs)),
+        reason: Some("NodeStatusUnknown".into()),
+        ..Default::default()
+    };
+    let running = job(Some(status(Phase::Running, 1)));
+    let d = run(
+        &running,
+        &[pv(1, 0), on_node(pv(1, 1), "gpu-3", lost_since(10))],
+    );
+    assert_eq!(d.status.preemptions, 0);
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(20)));
+    let d = run(
+        &running,
+        &[pv(1, 0), on_node(pv(1, 1), "gpu-3", lost_since(30))],
+    );
+    assert_eq!(d.status.preemptions, 1);
+    let i = &d.status.interruptions[0];
+    assert_eq!((i.rank, i.reason.as_str()), (1, "NodeUnreachable"));
+    assert!(i.message.contains("gpu-3"), "{}", i.message);
+    assert_eq!(d.delete, ["j-a1-r0", "j-a1-r1"]);
+}
