@@ -132,10 +132,17 @@ const JOB: &str = "route";
 impl Run {
     /// A job of `replicas` ranks, each asking for `gpus` of the node's.
     fn start(prefix: &str, replicas: i32, gpus: u32) -> Self {
-        Self::start_with(prefix, replicas, gpus, STEPS)
+        Self::start_with(prefix, replicas, gpus, STEPS, &[])
     }
 
-    fn start_with(prefix: &str, replicas: i32, gpus: u32, steps: &'static str) -> Self {
+    /// `extra`: trainer flags that change how it runs, not what it computes.
+    fn start_with(
+        prefix: &str,
+        replicas: i32,
+        gpus: u32,
+        steps: &'static str,
+        extra: &[&'static str],
+    ) -> Self {
         let args = ["--total-steps", steps, "--ckpt-every", CKPT_EVERY];
         let reference = uninterrupted(&args);
         let ns = TempNamespace::new(prefix);
@@ -148,7 +155,9 @@ impl Run {
         let watch = PodWatch::start(&ns.name);
         let saved = SavedSteps::follow(&ns.name);
         let op = Operator::start(&ns.name);
-        let cmd = train(steps, &["--ckpt-every", CKPT_EVERY]);
+        let mut flags = vec!["--ckpt-every", CKPT_EVERY];
+        flags.extend_from_slice(extra);
+        let cmd = train(steps, &flags);
         let spec = format!("  replicas: {replicas}\n");
         let mut manifest = job(JOB, "ckpt", &cmd, &spec);
         if gpus > 0 {
@@ -221,9 +230,9 @@ impl Run {
         assert_eq!(last.as_deref(), Some(self.reference.as_str()), "{route}");
         let t = &i["timeline"];
         println!(
-            "{route}: resumed from step {newest}, steps lost {}, seen {} signalled {} gone {} created {} \
-             scheduled {} running {} first step {}",
-            i["stepsLost"], i["time"], t["signalled"], t["oldPodsGone"], t["created"],
+            "{route}: resumed from step {newest} after waiting {}s for the rank's lock, steps lost {}, \
+             seen {} signalled {} gone {} created {} scheduled {} running {} first step {}",
+            resumed["lockWaitSeconds"], i["stepsLost"], i["time"], t["signalled"], t["oldPodsGone"], t["created"],
             t["scheduled"], t["running"], t["firstStep"]
         );
         for mark in [
@@ -261,7 +270,7 @@ fn an_unreachable_node_holds_the_next_attempt_until_it_is_declared_out_of_servic
     let _back = NodeBack;
     // Long enough that the first trainer, which runs on unseen, is still
     // training when its node comes back and the next attempt starts.
-    let run = Run::start_with("unreachable", 1, 0, "4000");
+    let run = Run::start_with("unreachable", 1, 0, "4000", &[]);
     xtask(&["node", "stop"]);
     let waiting = r#"{.status.conditions[?(@.type=="WaitingForNode")].message}"#;
     run.wait_status("WaitingForNode", Duration::from_secs(240), |r| {
@@ -399,4 +408,48 @@ fn a_termination_notice_taint_stops_every_rank_at_once_on_one_step() {
         "cloud.google.com/impending-node-termination-",
     ]);
     run.finish("termination notice", &["TerminationNotice"]);
+}
+
+#[test]
+#[ignore = "needs the local cluster: cargo xtask test"]
+fn a_forced_deletion_mid_save_resumes_from_the_previous_complete_checkpoint() {
+    let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    // Every save takes 3 s, longer than the kubelet's 2 s minimum grace
+    // for a forced deletion: the save in flight is torn.
+    let run = Run::start_with(
+        "forced",
+        1,
+        0,
+        STEPS,
+        &["--save-seconds", "3", "--always-save"],
+    );
+    let dir = format!("/var/lib/tjo-volumes/{}/ckpt/{JOB}", run.ns.name);
+    wait_until_or(
+        "a save in flight",
+        Duration::from_secs(60),
+        || {
+            let entries = std::fs::read_dir(&dir).ok()?;
+            let names: Vec<String> = entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names
+                .iter()
+                .any(|n| n.ends_with(".tmp") && !n.ends_with(".deleting.tmp"))
+                .then_some(())
+        },
+        || format!("{dir}: {:?}", std::fs::read_dir(&dir).map(|d| d.count())),
+    );
+    let pod = format!("{JOB}-a1-r0");
+    kubectl_ok(&[
+        "delete",
+        "pod",
+        "-n",
+        &run.ns.name,
+        &pod,
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    ]);
+    run.finish("forced deletion", &["PodDeleted"]);
 }

@@ -20,6 +20,8 @@ const SELECTOR: &str = "app.kubernetes.io/managed-by=trainingjob-operator";
 pub struct Watcher {
     child: Child,
     file: std::path::PathBuf,
+    /// The trainers' processes, which can outlive their pod objects.
+    trainers: crate::trainers::Sampler,
 }
 
 impl Watcher {
@@ -44,7 +46,11 @@ impl Watcher {
             .stderr(Stdio::null())
             .spawn()
             .context("starting the pod lifetime watcher")?;
-        Ok(Self { child, file })
+        Ok(Self {
+            child,
+            file,
+            trainers: crate::trainers::Sampler::start(),
+        })
     }
 
     /// Stops watching and checks the whole record.
@@ -57,7 +63,17 @@ impl Watcher {
             .into_iter::<Value>()
             .filter_map(|v| v.ok())
             .collect();
-        let summary = check(&events);
+        let mut summary = check(&events);
+        let trainers = self.trainers.finish();
+        if !trainers.overlaps.is_empty() {
+            bail!(
+                "trainer processes of one rank were alive at once:\n{}",
+                trainers.overlaps.join("\n")
+            );
+        }
+        summary.trainer_processes = trainers.processes.len();
+        summary.trainer_ranks = trainers.ranks.len();
+        summary.samples = trainers.samples;
         if !summary.overlaps.is_empty() {
             bail!(
                 "pods of one rank were alive at once:\n{}\n(the watch record is {})",
@@ -75,6 +91,11 @@ pub struct Summary {
     pub pods: usize,
     pub ranks: usize,
     pub overlaps: Vec<String>,
+    /// Trainer processes, the ranks (lock files) they held, and how many
+    /// times the machine's processes were sampled.
+    pub trainer_processes: usize,
+    pub trainer_ranks: usize,
+    pub samples: usize,
 }
 
 /// Replays watch events (`{"type": ..., "object": Pod}`) in order.

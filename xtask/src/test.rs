@@ -60,6 +60,10 @@ pub fn run_all(paths: &Paths) -> Result<()> {
         lifetimes.pods, lifetimes.ranks, lifetimes.events
     ));
     step(format!(
+        "trainer processes: {} of {} ranks over {} samples of the machine, no two attempts of one rank alive at once",
+        lifetimes.trainer_processes, lifetimes.trainer_ranks, lifetimes.samples
+    ));
+    step(format!(
         "all tests passed in {:.0}s",
         started.elapsed().as_secs_f64()
     ));
