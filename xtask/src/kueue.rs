@@ -1,0 +1,457 @@
+//! Kueue (sigs.k8s.io/kueue), the GPU cluster's job queue, on the local
+//! cluster: its manager built from the Go module proxy at a pinned version
+//! and run as a host process like the control plane, its CRDs from the
+//! module's own source, and its webhooks registered by URL on loopback
+//! (the API server runs on this host too, so it reaches them there).
+//!
+//! Only the plain-Pod integration is enabled, which is what TrainingJobs
+//! use: the operator's pods carry the queue-name and pod-group labels, and
+//! Kueue admits and evicts each attempt's gang as one Workload.
+
+use crate::controlplane::{self, kubectl};
+use crate::daemon;
+use crate::util::{output, run, step, succeeds, wait_for, write, Paths};
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The Kueue release the test bed runs.
+pub const KUEUE: &str = "v0.19.2";
+const MODULE: &str = "sigs.k8s.io/kueue";
+/// The webhook server and the health probes, on loopback only: nothing
+/// but the API server and xtask itself needs them.
+const WEBHOOK_PORT: u16 = 9443;
+const HEALTH_PORT: u16 = 9440;
+/// The label a pod asks for a queue with; the pod webhooks see only such pods.
+pub const QUEUE_LABEL: &str = "kueue.x-k8s.io/queue-name";
+/// Kueue's own namespace: excluded from management, as upstream does.
+const NAMESPACE: &str = "kueue-system";
+/// Where the manager reads its metrics certificate when it does not manage
+/// certificates itself. The path is fixed in cmd/kueue/main.go, so the
+/// manager sees our folder there through a mount of its own (see `spawn`).
+const METRICS_CERT_DIR: &str = "/etc/kueue/metrics/certs";
+
+fn state_dir(paths: &Paths) -> PathBuf {
+    paths.state.join("kueue")
+}
+
+fn cert_dir(paths: &Paths) -> PathBuf {
+    state_dir(paths).join("certs")
+}
+
+/// Brings Kueue up against the running control plane; a no-op when it is
+/// already up and answering.
+pub fn up(paths: &Paths) -> Result<()> {
+    if daemon::alive(paths, "kueue") && ready() && webhooks_answer(paths) {
+        step("kueue already up");
+        return Ok(());
+    }
+    let started = Instant::now();
+    let bin = binary(paths)?;
+    let src = module_source()?;
+    let ca_bundle = ensure_certs(paths)?;
+    install_crds(paths, &src, &ca_bundle)?;
+    register_webhooks(paths, &src, &ca_bundle)?;
+    let config = write_config(paths)?;
+    spawn(paths, &bin, &config)?;
+    wait_for("kueue's /readyz", Duration::from_secs(120), ready)
+        .and_then(|_| {
+            wait_for(
+                "the API server to reach kueue's webhooks",
+                Duration::from_secs(60),
+                || webhooks_answer(paths),
+            )
+        })
+        .map_err(|e| e.context(daemon::log_tail(paths, "kueue", 30)))?;
+    step(format!(
+        "kueue {KUEUE} up in {:.1}s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+pub fn down(paths: &Paths) -> Result<()> {
+    daemon::stop(paths, "kueue", Duration::from_secs(20))
+}
+
+pub fn status(paths: &Paths) {
+    match daemon::pid(paths, "kueue") {
+        Some(pid) if ready() => println!("{:<24} ready (pid {pid})", "kueue"),
+        Some(pid) => println!("{:<24} running, not ready (pid {pid})", "kueue"),
+        None => println!("{:<24} stopped", "kueue"),
+    }
+}
+
+/// The manager, built with `go install` (Kueue's go.mod has no replace
+/// directives) and cached by version.
+fn binary(paths: &Paths) -> Result<PathBuf> {
+    let bin = paths.cache.join(format!("kueue-{KUEUE}")).join("bin");
+    if bin.join("kueue").is_file() {
+        return Ok(bin);
+    }
+    if !succeeds(Command::new("go").arg("version")) {
+        bail!("the Go toolchain is needed to build kueue, and `go version` failed");
+    }
+    step(format!(
+        "building kueue {KUEUE} from the Go module proxy (first time only; about 10 minutes on 2 cores)"
+    ));
+    let started = Instant::now();
+    let partial = bin.with_file_name("bin.partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial)?;
+    // What Kueue's Makefile sets, so the manager logs its real version.
+    let ldflags = format!("-s -w -X {MODULE}/pkg/version.GitVersion={KUEUE}");
+    run(Command::new("go")
+        .args(["install", &format!("-ldflags={ldflags}")])
+        .arg(format!("{MODULE}/cmd/kueue@{KUEUE}"))
+        .env("GOBIN", &partial)
+        .env("CGO_ENABLED", "0")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "-mod=mod -buildvcs=false")
+        .stdin(Stdio::null()))
+    .context("building kueue (its go.mod needs the Go release it names, or newer)")?;
+    let _ = std::fs::remove_dir_all(&bin);
+    std::fs::rename(&partial, &bin)?;
+    step(format!(
+        "kueue built in {:.0}s into {}",
+        started.elapsed().as_secs_f64(),
+        bin.display()
+    ));
+    Ok(bin)
+}
+
+/// The module's source in the Go module cache, for its CRDs and webhook
+/// manifests: what the release's own kustomize build starts from.
+fn module_source() -> Result<PathBuf> {
+    let json = output(
+        Command::new("go")
+            .args(["mod", "download", "-json"])
+            .arg(format!("{MODULE}@{KUEUE}"))
+            .env("GOFLAGS", "-mod=mod"),
+    )
+    .with_context(|| format!("could not fetch {MODULE}@{KUEUE} from the Go module proxy"))?;
+    let info: Value = serde_json::from_str(&json)?;
+    let dir = info["Dir"]
+        .as_str()
+        .context("`go mod download -json` gave no Dir")?;
+    Ok(PathBuf::from(dir))
+}
+
+/// A serving certificate for the webhook server on loopback, signed by the
+/// cluster's CA (so the caBundle is that CA), copied to the names the
+/// manager's certificate watchers read. Returns the caBundle, base64.
+fn ensure_certs(paths: &Paths) -> Result<String> {
+    let dir = cert_dir(paths);
+    let ca = controlplane::pki(paths).join("ca.crt");
+    // A certificate from before the cluster's PKI was remade would not
+    // verify against the caBundle: issue a new one then too.
+    let current = succeeds(
+        Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(&ca)
+            .arg(dir.join("tls.crt")),
+    );
+    if !current || !dir.join("tls.key").is_file() {
+        let sans = ["IP:127.0.0.1", "DNS:localhost"];
+        let (crt, key) =
+            controlplane::issue_cert(paths, "kueue-webhook", "kueue-webhook", None, &sans, true)?;
+        std::fs::create_dir_all(&dir)?;
+        std::fs::copy(crt, dir.join("tls.crt"))?;
+        std::fs::copy(key, dir.join("tls.key"))?;
+    }
+    let b64 = output(
+        Command::new("openssl")
+            .args(["base64", "-A", "-in"])
+            .arg(ca),
+    )?;
+    Ok(b64.trim().to_string())
+}
+
+/// Every object in a manifest file or folder, as JSON: kubectl does the
+/// YAML parsing, so xtask needs no YAML library.
+fn manifests(paths: &Paths, file: &Path) -> Result<Vec<Value>> {
+    let text = output(
+        kubectl(paths)?
+            .args(["create", "--dry-run=client", "-o", "json", "-f"])
+            .arg(file),
+    )?;
+    let mut objects = Vec::new();
+    for value in serde_json::Deserializer::from_str(&text).into_iter::<Value>() {
+        match value? {
+            Value::Object(mut o) if o.get("kind") == Some(&json!("List")) => {
+                if let Some(Value::Array(items)) = o.remove("items") {
+                    objects.extend(items);
+                }
+            }
+            other => objects.push(other),
+        }
+    }
+    Ok(objects)
+}
+
+fn server_side_apply(paths: &Paths, objects: Vec<Value>) -> Result<()> {
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
+    let mut child = kubectl(paths)?
+        .args(["apply", "--server-side", "--force-conflicts"])
+        .args(["--field-manager=tjo-xtask", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(list.to_string().as_bytes())?;
+    anyhow::ensure!(child.wait()?.success(), "kubectl apply failed");
+    Ok(())
+}
+
+/// Kueue's CRDs, with the conversion webhooks its kustomization enables
+/// (v1beta1 <-> v1beta2), pointed at the manager on loopback. Objects are
+/// stored as v1beta2, which is what the manager and the tests use, so the
+/// API server calls that webhook only for v1beta1 clients.
+fn install_crds(paths: &Paths, src: &Path, ca_bundle: &str) -> Result<()> {
+    step(format!("installing kueue {KUEUE}'s CRDs"));
+    let crd = src.join("config/components/crd");
+    let converted = converted_crds(&std::fs::read_to_string(crd.join("kustomization.yaml"))?);
+    let mut crds = manifests(paths, &crd.join("bases"))?;
+    for c in &mut crds {
+        let plural = c["spec"]["names"]["plural"].as_str().unwrap_or_default();
+        if converted.iter().any(|p| p == plural) {
+            c["spec"]["conversion"] = json!({
+                "strategy": "Webhook",
+                "webhook": {
+                    "clientConfig": client_config("/convert", ca_bundle),
+                    "conversionReviewVersions": ["v1"],
+                },
+            });
+        }
+    }
+    let names: Vec<String> = crds
+        .iter()
+        .filter_map(|c| c["metadata"]["name"].as_str().map(String::from))
+        .collect();
+    server_side_apply(paths, crds)?;
+    for name in names {
+        controlplane::wait_condition(
+            paths,
+            None,
+            &format!("crd/{name}"),
+            "Established",
+            Duration::from_secs(60),
+        )?;
+    }
+    Ok(())
+}
+
+/// The plurals whose conversion webhook the release's kustomization turns
+/// on (`- path: patches/webhook_in_<plural>.yaml`, not commented out).
+fn converted_crds(kustomization: &str) -> Vec<String> {
+    kustomization
+        .lines()
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("- path: patches/webhook_in_")?
+                .strip_suffix(".yaml")
+                .map(String::from)
+        })
+        .collect()
+}
+
+fn client_config(path: &str, ca_bundle: &str) -> Value {
+    json!({"url": format!("https://127.0.0.1:{WEBHOOK_PORT}{path}"), "caBundle": ca_bundle})
+}
+
+/// The release's webhook configurations (config/components/webhook), for
+/// the two things this test bed enables: Kueue's own objects and plain
+/// Pods. The other integrations' webhooks (Job, Deployment, StatefulSet,
+/// ...) are left out: with failurePolicy Fail they would make every such
+/// object in the cluster wait on this manager.
+fn register_webhooks(paths: &Paths, src: &Path, ca_bundle: &str) -> Result<()> {
+    let file = src.join("config/components/webhook/manifests.yaml");
+    let mut configs = manifests(paths, &file)?;
+    for config in &mut configs {
+        let kind = config["kind"].as_str().unwrap_or_default().to_string();
+        // The names Kueue's own release gives them (kustomize namePrefix).
+        config["metadata"]["name"] = json!(match kind.as_str() {
+            "MutatingWebhookConfiguration" => "kueue-mutating-webhook-configuration",
+            _ => "kueue-validating-webhook-configuration",
+        });
+        let hooks = config["webhooks"].as_array_mut().context("no webhooks")?;
+        hooks.retain(|w| serves(w, "") || serves(w, "kueue.x-k8s.io"));
+        for hook in hooks.iter_mut() {
+            let path = hook["clientConfig"]["service"]["path"]
+                .as_str()
+                .context("a webhook without a path")?
+                .to_string();
+            hook["clientConfig"] = client_config(&path, ca_bundle);
+            if serves(hook, "") {
+                scope_pod_webhook(hook);
+            }
+        }
+    }
+    server_side_apply(paths, configs)
+}
+
+/// Whether the webhook's rules are for API group `group` ("" is core: pods).
+fn serves(hook: &Value, group: &str) -> bool {
+    hook["rules"].as_array().is_some_and(|rules| {
+        rules.iter().any(|r| {
+            r["apiGroups"]
+                .as_array()
+                .is_some_and(|g| g.iter().any(|g| g == group))
+        })
+    })
+}
+
+/// Upstream's namespace selector (from its kustomization), plus an object
+/// selector on the queue-name label. failurePolicy stays Fail, as upstream:
+/// a pod that asks for a queue must not start unqueued while Kueue is down,
+/// and with the object selector a pod that does not ask (every other test's)
+/// never waits on Kueue at all. The cost: Kueue's defaulting of pods to a
+/// LocalQueue named `default` does not happen here.
+fn scope_pod_webhook(hook: &mut Value) {
+    hook["namespaceSelector"] = json!({"matchExpressions": [{
+        "key": "kubernetes.io/metadata.name",
+        "operator": "NotIn",
+        "values": ["kube-system", NAMESPACE],
+    }]});
+    hook["objectSelector"] = json!({"matchExpressions": [{
+        "key": QUEUE_LABEL,
+        "operator": "Exists",
+    }]});
+}
+
+/// The manager's Configuration (config.kueue.x-k8s.io/v1beta2).
+fn write_config(paths: &Paths) -> Result<PathBuf> {
+    let file = state_dir(paths).join("config.yaml");
+    // JSON is YAML, and serde_json writes it without a YAML library.
+    let config = json!({
+        "apiVersion": "config.kueue.x-k8s.io/v1beta2",
+        "kind": "Configuration",
+        "namespace": NAMESPACE,
+        "health": {"healthProbeBindAddress": format!("127.0.0.1:{HEALTH_PORT}")},
+        // "0": no metrics server; nothing scrapes it here.
+        "metrics": {"bindAddress": "0"},
+        "webhook": {
+            "host": "127.0.0.1",
+            "port": WEBHOOK_PORT,
+            "certDir": cert_dir(paths),
+        },
+        // One manager, started and stopped by xtask: nothing to elect.
+        "leaderElection": {"leaderElect": false},
+        "internalCertManagement": {"enable": false},
+        "manageJobsWithoutQueueName": false,
+        "managedJobsNamespaceSelector": {"matchExpressions": [{
+            "key": "kubernetes.io/metadata.name",
+            "operator": "NotIn",
+            "values": ["kube-system", NAMESPACE],
+        }]},
+        "integrations": {"frameworks": ["pod"]},
+        // The visibility API is an aggregated API server of its own, which
+        // would need an APIService and a port; no test reads it.
+        "featureGates": {"VisibilityOnDemand": false},
+    });
+    write(&file, serde_json::to_string_pretty(&config)?)?;
+    Ok(file)
+}
+
+/// Runs the manager with the admin kubeconfig, in a mount namespace of its
+/// own where the certificate folder also appears at METRICS_CERT_DIR: the
+/// manager refuses to start without a certificate there, and the host's
+/// /etc gets only the empty mount point, never a key.
+fn spawn(paths: &Paths, bin: &Path, config: &Path) -> Result<()> {
+    kubectl_ensure_namespace(paths)?;
+    std::fs::create_dir_all(METRICS_CERT_DIR)
+        .with_context(|| format!("creating the mount point {METRICS_CERT_DIR}"))?;
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(r#"mount --bind "$1" "$2" && shift 2 && exec "$@""#)
+        .arg("kueue")
+        .arg(cert_dir(paths))
+        .arg(METRICS_CERT_DIR)
+        .arg(bin.join("kueue"))
+        .arg(format!("--config={}", config.display()))
+        .env("KUBECONFIG", paths.kubeconfig());
+    daemon::spawn(paths, "kueue", cmd)
+}
+
+fn kubectl_ensure_namespace(paths: &Paths) -> Result<()> {
+    if succeeds(kubectl(paths)?.args(["get", "namespace", NAMESPACE])) {
+        return Ok(());
+    }
+    run(kubectl(paths)?
+        .args(["create", "namespace", NAMESPACE])
+        .stdout(Stdio::null()))
+}
+
+/// The manager's readiness probe: its caches synced and its webhook server
+/// serving.
+fn ready() -> bool {
+    let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", HEALTH_PORT)) else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut reply = String::new();
+    conn.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .and_then(|_| conn.read_to_string(&mut reply))
+        .is_ok()
+        && reply.split_whitespace().nth(1) == Some("200")
+}
+
+/// Whether the API server gets answers from Kueue's webhooks: a server-side
+/// dry run of a ResourceFlavor goes through its mutating and validating
+/// webhooks, over the same URL, certificate and caBundle as the pods'.
+fn webhooks_answer(paths: &Paths) -> bool {
+    let flavor = json!({
+        "apiVersion": "kueue.x-k8s.io/v1beta2",
+        "kind": "ResourceFlavor",
+        "metadata": {"name": "tjo-xtask-probe"},
+    });
+    let Ok(mut cmd) = kubectl(paths) else {
+        return false;
+    };
+    let child = cmd
+        .args(["create", "--dry-run=server", "-o", "name", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return false };
+    let wrote = child
+        .stdin
+        .take()
+        .map(|mut s| s.write_all(flavor.to_string().as_bytes()).is_ok())
+        .unwrap_or(false);
+    child.wait().map(|s| s.success()).unwrap_or(false) && wrote
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversion_webhooks_are_read_from_the_kustomization() {
+        let k = "patches:\n- path: patches/webhook_in_localqueues.yaml\n\
+                 #- path: patches/webhook_in_resourceflavors.yaml\n";
+        assert_eq!(converted_crds(k), vec!["localqueues".to_string()]);
+    }
+
+    #[test]
+    fn pod_webhooks_see_only_pods_that_ask_for_a_queue() {
+        let mut hook = json!({"rules": [{"apiGroups": [""], "resources": ["pods"]}]});
+        assert!(serves(&hook, "") && !serves(&hook, "kueue.x-k8s.io"));
+        scope_pod_webhook(&mut hook);
+        assert_eq!(
+            hook["objectSelector"]["matchExpressions"][0]["key"],
+            QUEUE_LABEL
+        );
+        assert_eq!(
+            hook["objectSelector"]["matchExpressions"][0]["operator"],
+            "Exists"
+        );
+    }
+}
