@@ -8,10 +8,12 @@ mod daemon;
 mod demo;
 mod helm;
 mod images;
+mod kueue;
 mod lifetimes;
 mod node;
 mod release;
 mod test;
+mod trainers;
 mod util;
 
 use anyhow::Result;
@@ -33,6 +35,11 @@ enum Cmd {
     Cluster {
         #[command(subcommand)]
         action: ClusterCmd,
+    },
+    /// Disrupt the local node, for the node-loss tests.
+    Node {
+        #[command(subcommand)]
+        action: NodeCmd,
     },
     /// Build the project's images offline with buildah and import them into
     /// containerd. With --push or --oci-archive: the operator's image only,
@@ -89,6 +96,16 @@ enum BenchCmd {
 }
 
 #[derive(Subcommand)]
+enum NodeCmd {
+    /// Stop the kubelet, as if the node stopped answering.
+    Stop {
+        /// Kill every container too, as if the VM were gone.
+        #[arg(long)]
+        kill: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ClusterCmd {
     /// Build what is missing and start everything; a no-op when it is already up.
     Up {
@@ -109,6 +126,9 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let paths = util::Paths::new()?;
     match cli.command {
+        Cmd::Node {
+            action: NodeCmd::Stop { kill },
+        } => node::stop(&paths, kill),
         Cmd::Cluster { action } => match action {
             ClusterCmd::Up {
                 fake_nodes,
@@ -122,12 +142,14 @@ fn main() -> Result<()> {
                 Ok(())
             }
             ClusterCmd::Down => {
+                kueue::down(&paths)?;
                 node::down(&paths)?;
                 controlplane::down(&paths)
             }
             ClusterCmd::Status => {
                 let cp = controlplane::status(&paths)?;
                 let n = node::status(&paths)?;
+                kueue::status(&paths);
                 if cp && n {
                     Ok(())
                 } else {
@@ -162,11 +184,12 @@ fn main() -> Result<()> {
     }
 }
 
-/// The control plane, then (unless `no_node`) the node.
+/// The control plane, then (unless `no_node`) the node, then Kueue, which
+/// runs against the control plane (see kueue.rs).
 pub fn cluster_up(paths: &util::Paths, no_node: bool) -> Result<()> {
     controlplane::up(paths)?;
     if !no_node {
         node::up(paths)?;
     }
-    Ok(())
+    kueue::up(paths)
 }
