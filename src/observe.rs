@@ -75,6 +75,11 @@ const KUBELET_DISRUPTIONS: &[&str] = &[
     "Preempting",
 ];
 
+/// Pod conditions by which the cluster says it is taking the pod away:
+/// Kubernetes' own, and Kueue's when it evicts a workload (reason e.g.
+/// WorkloadEvictedDueToPreempted; it sets no DisruptionTarget).
+const DISRUPTION_CONDITIONS: &[&str] = &["DisruptionTarget", "TerminationTarget"];
+
 /// The end of a termination message worth quoting in a condition.
 const QUOTE_CHARS: usize = 300;
 
@@ -189,7 +194,7 @@ impl Cause {
             .conditions
             .iter()
             .flatten()
-            .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+            .find(|c| DISRUPTION_CONDITIONS.contains(&c.type_.as_str()) && c.status == "True")
             .map(|c| {
                 let reason = c.reason.clone();
                 (

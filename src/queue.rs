@@ -13,6 +13,7 @@ pub const QUEUE_NAME_LABEL: &str = "kueue.x-k8s.io/queue-name";
 pub const PRIORITY_CLASS_LABEL: &str = "kueue.x-k8s.io/priority-class";
 pub const POD_GROUP_NAME_LABEL: &str = "kueue.x-k8s.io/pod-group-name";
 pub const POD_GROUP_TOTAL_COUNT_ANNOTATION: &str = "kueue.x-k8s.io/pod-group-total-count";
+pub const RETRIABLE_IN_GROUP_ANNOTATION: &str = "kueue.x-k8s.io/retriable-in-group";
 
 /// Group labels and annotation for one pod of `attempt`, when the job names
 /// a queue. A group per attempt: the next attempt is a new workload that
@@ -38,4 +39,9 @@ pub fn pod_group(
         POD_GROUP_TOTAL_COUNT_ANNOTATION.into(),
         job.spec.replicas.max(1).to_string(),
     );
+    // The operator replaces a group with the next attempt's, never a pod
+    // within it. Without this, Kueue keeps an evicted group's finalizer on
+    // pods that exited non-zero, waiting for replacements that never come,
+    // and the next attempt waits on those pods forever.
+    annotations.insert(RETRIABLE_IN_GROUP_ANNOTATION.into(), "false".into());
 }

@@ -23,6 +23,7 @@ pub fn record(s: &mut TrainingJobStatus, pods: &[PodView]) {
     for (p, r) in &reports {
         record_checkpoint(s, r);
         record_steps_lost(s, p.attempt, r);
+        record_handed_over(s, p.attempt, r);
         let first = r.first_step_at_unix_ms.map(clamp);
         if let Some(at) = first.and_then(|ms| Timestamp::from_millisecond(ms).ok()) {
             crate::timeline::first_step(s, p.attempt, at);
@@ -105,5 +106,90 @@ fn record_steps_lost(s: &mut TrainingJobStatus, attempt: i32, r: &Report) {
         let new = old.map_or(lost, |old| old.max(lost));
         i.steps_lost = Some(new);
         crate::ledger::count_steps_lost(s, old, new);
+    }
+}
+
+/// Steps lost by an earlier attempt that never reported (its node was
+/// lost): the step it reached, as its launcher left it on the volume, less
+/// the checkpoint this attempt resumed from. Only where nothing better is
+/// known, and only for an earlier attempt of this job.
+fn record_handed_over(s: &mut TrainingJobStatus, attempt: i32, r: &Report) {
+    let Some(prev) = &r.previous else {
+        return;
+    };
+    let prev_attempt = i32::try_from(prev.attempt).unwrap_or(i32::MAX);
+    if prev_attempt >= attempt {
+        return;
+    }
+    let resumed = r.resumed_from.as_ref().map_or(0, |c| c.step);
+    let lost = clamp(prev.step.saturating_sub(resumed));
+    let Some(i) = s
+        .interruptions
+        .iter_mut()
+        .rev()
+        .find(|i| i.attempt == prev_attempt && i.steps_lost.is_none())
+    else {
+        return;
+    };
+    i.steps_lost = Some(lost);
+    crate::ledger::count_steps_lost(s, None, lost);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Interruption, InterruptionKind};
+    use launcher::handover::Handover;
+    use launcher::report::CheckpointRef;
+
+    fn lost_attempt(attempt: i32) -> Interruption {
+        Interruption {
+            attempt,
+            kind: InterruptionKind::Preemption,
+            rank: 0,
+            reason: "DeletionByPodGC".into(),
+            message: String::new(),
+            steps_lost: None,
+            time: None,
+            timeline: None,
+        }
+    }
+
+    #[test]
+    fn an_attempt_that_never_reported_has_its_loss_from_the_next_ones_handover() {
+        let mut s = TrainingJobStatus::default();
+        s.interruptions.push(lost_attempt(1));
+        let mut r = Report::new(Some(2));
+        r.resumed_from = Some(CheckpointRef {
+            step: 50,
+            path: "/c/step-50".into(),
+        });
+        r.previous = Some(Handover {
+            attempt: 1,
+            step: 83,
+        });
+        let pod = PodView {
+            attempt: 2,
+            report: Some(r.clone()),
+            ..Default::default()
+        };
+        record(&mut s, std::slice::from_ref(&pod));
+        record(&mut s, std::slice::from_ref(&pod));
+        assert_eq!(s.interruptions[0].steps_lost, Some(33));
+        assert_eq!(s.steps_lost, 33, "counted once");
+        // A record claiming to come from this attempt or a later one is ignored.
+        let mut s = TrainingJobStatus::default();
+        s.interruptions.push(lost_attempt(2));
+        r.previous = Some(Handover {
+            attempt: 2,
+            step: 900,
+        });
+        let pod = PodView {
+            attempt: 2,
+            report: Some(r),
+            ..Default::default()
+        };
+        record(&mut s, &[pod]);
+        assert_eq!((s.interruptions[0].steps_lost, s.steps_lost), (None, 0));
     }
 }

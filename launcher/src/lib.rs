@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod fence;
 pub mod forward;
+pub mod handover;
 pub mod install;
 pub mod report;
 pub mod reportfile;

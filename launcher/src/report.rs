@@ -58,6 +58,11 @@ pub struct Report {
     /// the end of the time to resume, as the trainer sees it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_step_at_unix_ms: Option<u64>,
+    /// What the rank's launcher of an earlier attempt last recorded on the
+    /// volume (see `handover`): the step that attempt reached, even when its
+    /// pod never reported (a lost node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<crate::handover::Handover>,
     /// The trainer stopped because another rank of its gang was signalled,
     /// not because the job was done; the state is then `signalled` even
     /// though no signal reached this launcher.

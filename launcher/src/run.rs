@@ -7,6 +7,7 @@ use crate::checkpoint::{self, Candidate, Name, Verdict};
 use crate::cli::Config;
 use crate::fence::{self, Fence};
 use crate::forward;
+use crate::handover::{self, Handover};
 use crate::report::{
     CheckpointRef, Cleaned, LastCheckpoint, LockState, PeerStop, Probe, Report, SignalInfo, State,
 };
@@ -66,6 +67,9 @@ struct Supervisor {
     deadline_file: PathBuf,
     progress_file: PathBuf,
     progress_read_at: Option<Instant>,
+    /// Where to leave the step reached for the next attempt: the checkpoint
+    /// directory and rank, once the rank's lock is held.
+    handover: Option<(PathBuf, u32)>,
 }
 
 impl Supervisor {
@@ -103,12 +107,32 @@ impl Supervisor {
         if self.report.first_step_at_unix_ms.is_none() && Some(p.step) > resumed {
             self.report.first_step_at_unix_ms = Some(sys::now_unix_ms());
         }
+        if before.0 != Some(p.step) {
+            self.hand_over(p.step);
+        }
         // Sticky: once the trainer said why it stops, a later write without
         // the reason does not turn the run back into a completed one.
         if p.peer_stop.is_some() {
             self.report.peer_stop = p.peer_stop;
         }
         before != (self.report.last_step, self.report.peer_stop.clone())
+    }
+
+    /// Leaves the step reached on the volume for the next attempt.
+    fn hand_over(&self, step: u64) {
+        let Some((dir, rank)) = &self.handover else {
+            return;
+        };
+        let h = Handover {
+            attempt: self.cfg.attempt.unwrap_or(0),
+            step,
+        };
+        if let Err(e) = handover::write(dir, *rank, h) {
+            log!(
+                "cannot record progress in {} ({e})",
+                handover::path(dir, *rank).display()
+            );
+        }
     }
 
     /// `path` is complete now: a `skipped` entry from before it was
@@ -201,6 +225,7 @@ impl Supervisor {
             deadline_file,
             progress_file,
             progress_read_at: None,
+            handover: None,
             cfg,
         }
     }
@@ -385,6 +410,9 @@ fn acquire_fence(sv: &mut Supervisor, sfd: &OwnedFd) -> Result<Option<Fence>, i3
     };
     sv.report.lock = Some(LockState::Held);
     sv.report.lock_wait_seconds = Some(round6(waited));
+    // Final now: the trainer that wrote it is gone, or we would not hold the lock.
+    sv.report.previous = handover::read(&dir, rank).filter(|h| Some(h.attempt) != sv.cfg.attempt);
+    sv.handover = Some((dir, rank));
     if waited > 0.0 {
         log!("got {} after {waited:.1}s", fence.path().display());
     }

@@ -116,6 +116,17 @@ fn a_disruption_target_condition_names_the_reason() {
 }
 
 #[test]
+fn kueues_termination_target_names_its_eviction() {
+    let status = json!({"conditions": [{"type": "TerminationTarget", "status": "True",
+        "reason": "WorkloadEvictedDueToPreempted", "message": "Preempted to accommodate a workload"}]});
+    let v = view(&job(), &pod("Running", status, true)).unwrap();
+    assert!(matches!(
+        v.outcome,
+        Some(Outcome::Disrupted { ref reason, .. }) if reason == "WorkloadEvictedDueToPreempted"
+    ));
+}
+
+#[test]
 fn a_deleted_pod_is_disrupted_even_before_its_trainer_exits() {
     let v = view(&job(), &pod("Running", json!({}), true)).unwrap();
     assert!(

@@ -558,5 +558,6 @@ fn a_job_on_a_kueue_queue_is_one_pod_group_per_attempt() {
         assert_eq!(labels[PRIORITY_CLASS_LABEL], "low");
         assert_eq!(labels[POD_GROUP_NAME_LABEL], "llm-a2");
         assert_eq!(pod.annotations()[POD_GROUP_TOTAL_COUNT_ANNOTATION], "2");
+        assert_eq!(pod.annotations()[RETRIABLE_IN_GROUP_ANNOTATION], "false");
     }
 }
