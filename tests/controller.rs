@@ -270,3 +270,29 @@ fn sigterm_stops_the_operator_promptly_while_it_works() {
     println!("the operator exited {took:?} after SIGTERM ({status})");
     assert!(status.success(), "{status}: {}", op.log_tail());
 }
+
+#[test]
+#[ignore = "needs the local cluster: cargo xtask test"]
+fn a_job_asking_for_amd_gpus_runs_on_the_node_that_advertises_them() {
+    let ns = TempNamespace::new("amd");
+    claim(&ns.name, "ckpt", "ReadWriteOnce");
+    let _op = Operator::start(&ns.name);
+    let manifest = job("amd", "ckpt", &train("40", &[]), "")
+        .replace("memory: 256Mi", "memory: 256Mi\n            amd.com/gpu: 2");
+    apply(&ns.name, &manifest);
+    wait_condition(&ns.name, "tj/amd", "Succeeded", Duration::from_secs(180));
+    let pod = "pod/amd-a1-r0";
+    let trainer = r#"{.spec.containers[?(@.name=="trainer")].resources}"#;
+    let resources: serde_json::Value =
+        serde_json::from_str(&jsonpath(&ns.name, pod, trainer)).unwrap();
+    assert_eq!(
+        resources["requests"]["amd.com/gpu"], "2",
+        "requests equal limits: {resources}"
+    );
+    let tolerations = jsonpath(&ns.name, pod, "{.spec.tolerations[*].key}");
+    assert!(
+        tolerations.contains("amd.com/gpu"),
+        "the AMD device taint is tolerated: {tolerations}"
+    );
+    assert_eq!(jsonpath(&ns.name, pod, "{.spec.nodeName}"), "tjo-node");
+}

@@ -61,7 +61,8 @@ impl Drop for NodeBack {
 /// kubelet's log files as they grow: the logs of a pod on a lost node, or
 /// of one deleted at once, are gone from the API before a test could ask.
 struct SavedSteps {
-    steps: Arc<Mutex<BTreeMap<String, i64>>>,
+    /// By pod: the newest step saved, and the last step trained.
+    steps: Arc<Mutex<BTreeMap<String, (i64, i64)>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -81,7 +82,11 @@ impl SavedSteps {
     }
 
     fn newest(&self, pod: &str) -> Option<i64> {
-        self.steps.lock().unwrap().get(pod).copied()
+        self.steps.lock().unwrap().get(pod).map(|s| s.0)
+    }
+
+    fn last_step(&self, pod: &str) -> Option<i64> {
+        self.steps.lock().unwrap().get(pod).map(|s| s.1)
     }
 }
 
@@ -91,7 +96,7 @@ impl Drop for SavedSteps {
     }
 }
 
-fn scan_saved(prefix: &str, into: &Mutex<BTreeMap<String, i64>>) {
+fn scan_saved(prefix: &str, into: &Mutex<BTreeMap<String, (i64, i64)>>) {
     let Ok(dirs) = std::fs::read_dir(POD_LOGS) else {
         return;
     };
@@ -105,17 +110,27 @@ fn scan_saved(prefix: &str, into: &Mutex<BTreeMap<String, i64>>) {
         };
         for f in files.flatten() {
             let text = std::fs::read_to_string(f.path()).unwrap_or_default();
-            let saved = text.lines().filter_map(|l| {
-                let rest = &l[l.find("saved step ")? + "saved step ".len()..];
-                rest.split_whitespace().next()?.parse::<i64>().ok()
-            });
-            if let Some(max) = saved.max() {
+            let saved = text
+                .lines()
+                .filter_map(|l| number_after(l, "saved step "))
+                .max();
+            // CRI log lines: "<time> stdout F step 12 loss ...".
+            let trained = text
+                .lines()
+                .filter_map(|l| number_after(l, " F step "))
+                .max();
+            if let (Some(saved), Some(trained)) = (saved, trained) {
                 let mut map = into.lock().unwrap();
-                let e = map.entry(pod.0.to_string()).or_insert(max);
-                *e = (*e).max(max);
+                let e = map.entry(pod.0.to_string()).or_insert((saved, trained));
+                *e = (e.0.max(saved), e.1.max(trained));
             }
         }
     }
+}
+
+fn number_after(line: &str, marker: &str) -> Option<i64> {
+    let rest = &line[line.find(marker)? + marker.len()..];
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 /// One job, its operator and its observers.
@@ -235,6 +250,19 @@ impl Run {
             resumed["lockWaitSeconds"], i["stepsLost"], i["time"], t["signalled"], t["oldPodsGone"], t["created"],
             t["scheduled"], t["running"], t["firstStep"]
         );
+        assert!(
+            i["stepsLost"].is_i64(),
+            "{route}: steps lost are reported: {i}"
+        );
+        assert_eq!(
+            s["stepsLost"], i["stepsLost"],
+            "{route}: the ledger's total"
+        );
+        let described = kubectl_ok(&["describe", "-n", &self.ns.name, &format!("tj/{JOB}")]);
+        assert!(
+            described.contains("Old Pods Gone:") && described.contains("First Step:"),
+            "{route}: kubectl describe shows the timeline:\n{described}"
+        );
         for mark in [
             "signalled",
             "oldPodsGone",
@@ -261,6 +289,20 @@ fn a_lost_vm_is_a_preemption_by_podgc_and_the_job_resumes_when_capacity_returns(
     });
     xtask(&["cluster", "up"]);
     run.finish("node loss", &["DeletionByPodGC"]);
+    // The trainer died mid-step: what it trained past its newest checkpoint
+    // is lost, as its launcher last saw it (at most a second behind).
+    let a1 = format!("{JOB}-a1-r0");
+    let trained = run.saved.last_step(&a1).unwrap() - run.saved.newest(&a1).unwrap();
+    let reported: i64 = run
+        .status("{.status.interruptions[0].stepsLost}")
+        .parse()
+        .unwrap();
+    println!("node loss: {trained} steps trained past the checkpoint, {reported} reported lost");
+    let per_second = 20; // --step-seconds 0.05
+    assert!(
+        reported <= trained && reported >= trained - 2 * per_second,
+        "steps lost: reported {reported}, trained past the checkpoint {trained}"
+    );
 }
 
 #[test]
