@@ -24,6 +24,13 @@ pub fn run_all(paths: &Paths) -> Result<()> {
         "warnings",
     ]))?;
 
+    step("python/run-tests.sh: the trainingjob package's unit tests (pytest)");
+    // The script fails on pytest's "no tests collected" (exit 5) too.
+    run(Command::new("bash")
+        .arg(paths.root.join("python/run-tests.sh"))
+        .stdin(std::process::Stdio::null()))
+    .context("the Python package's tests failed")?;
+
     crate::cluster_up(paths, false)?;
     // A benchmark's operator left running would act beside the tests' own.
     crate::daemon::stop(
