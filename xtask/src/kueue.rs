@@ -8,12 +8,12 @@
 //! use: the operator's pods carry the queue-name and pod-group labels, and
 //! Kueue admits and evicts each attempt's gang as one Workload.
 
-use crate::controlplane::{self, kubectl};
+use crate::controlplane::kubectl;
 use crate::daemon;
-use crate::util::{output, run, step, succeeds, wait_for, write, Paths};
+use crate::util::{run, step, succeeds, wait_for, write, Paths};
+use crate::webhooks::{self, manifests, serves};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,8 +51,8 @@ pub fn up(paths: &Paths) -> Result<()> {
     }
     let started = Instant::now();
     let bin = binary(paths)?;
-    let src = module_source()?;
-    let ca_bundle = ensure_certs(paths)?;
+    let src = webhooks::module_source(MODULE, KUEUE)?;
+    let ca_bundle = webhooks::serving_cert(paths, &cert_dir(paths), "kueue-webhook")?;
     install_crds(paths, &src, &ca_bundle)?;
     register_webhooks(paths, &src, &ca_bundle)?;
     let config = write_config(paths)?;
@@ -123,92 +123,6 @@ fn binary(paths: &Paths) -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// The module's source in the Go module cache, for its CRDs and webhook
-/// manifests: what the release's own kustomize build starts from.
-fn module_source() -> Result<PathBuf> {
-    let json = output(
-        Command::new("go")
-            .args(["mod", "download", "-json"])
-            .arg(format!("{MODULE}@{KUEUE}"))
-            .env("GOFLAGS", "-mod=mod"),
-    )
-    .with_context(|| format!("could not fetch {MODULE}@{KUEUE} from the Go module proxy"))?;
-    let info: Value = serde_json::from_str(&json)?;
-    let dir = info["Dir"]
-        .as_str()
-        .context("`go mod download -json` gave no Dir")?;
-    Ok(PathBuf::from(dir))
-}
-
-/// A serving certificate for the webhook server on loopback, signed by the
-/// cluster's CA (so the caBundle is that CA), copied to the names the
-/// manager's certificate watchers read. Returns the caBundle, base64.
-fn ensure_certs(paths: &Paths) -> Result<String> {
-    let dir = cert_dir(paths);
-    let ca = controlplane::pki(paths).join("ca.crt");
-    // A certificate from before the cluster's PKI was remade would not
-    // verify against the caBundle: issue a new one then too.
-    let current = succeeds(
-        Command::new("openssl")
-            .args(["verify", "-CAfile"])
-            .arg(&ca)
-            .arg(dir.join("tls.crt")),
-    );
-    if !current || !dir.join("tls.key").is_file() {
-        let sans = ["IP:127.0.0.1", "DNS:localhost"];
-        let (crt, key) =
-            controlplane::issue_cert(paths, "kueue-webhook", "kueue-webhook", None, &sans, true)?;
-        std::fs::create_dir_all(&dir)?;
-        std::fs::copy(crt, dir.join("tls.crt"))?;
-        std::fs::copy(key, dir.join("tls.key"))?;
-    }
-    let b64 = output(
-        Command::new("openssl")
-            .args(["base64", "-A", "-in"])
-            .arg(ca),
-    )?;
-    Ok(b64.trim().to_string())
-}
-
-/// Every object in a manifest file or folder, as JSON: kubectl does the
-/// YAML parsing, so xtask needs no YAML library.
-fn manifests(paths: &Paths, file: &Path) -> Result<Vec<Value>> {
-    let text = output(
-        kubectl(paths)?
-            .args(["create", "--dry-run=client", "-o", "json", "-f"])
-            .arg(file),
-    )?;
-    let mut objects = Vec::new();
-    for value in serde_json::Deserializer::from_str(&text).into_iter::<Value>() {
-        match value? {
-            Value::Object(mut o) if o.get("kind") == Some(&json!("List")) => {
-                if let Some(Value::Array(items)) = o.remove("items") {
-                    objects.extend(items);
-                }
-            }
-            other => objects.push(other),
-        }
-    }
-    Ok(objects)
-}
-
-fn server_side_apply(paths: &Paths, objects: Vec<Value>) -> Result<()> {
-    let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
-    let mut child = kubectl(paths)?
-        .args(["apply", "--server-side", "--force-conflicts"])
-        .args(["--field-manager=tjo-xtask", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(list.to_string().as_bytes())?;
-    anyhow::ensure!(child.wait()?.success(), "kubectl apply failed");
-    Ok(())
-}
-
 /// Kueue's CRDs, with the conversion webhooks its kustomization enables
 /// (v1beta1 <-> v1beta2), pointed at the manager on loopback. Objects are
 /// stored as v1beta2, which is what the manager and the tests use, so the
@@ -230,21 +144,7 @@ fn install_crds(paths: &Paths, src: &Path, ca_bundle: &str) -> Result<()> {
             });
         }
     }
-    let names: Vec<String> = crds
-        .iter()
-        .filter_map(|c| c["metadata"]["name"].as_str().map(String::from))
-        .collect();
-    server_side_apply(paths, crds)?;
-    for name in names {
-        controlplane::wait_condition(
-            paths,
-            None,
-            &format!("crd/{name}"),
-            "Established",
-            Duration::from_secs(60),
-        )?;
-    }
-    Ok(())
+    webhooks::apply_crds(paths, crds)
 }
 
 /// The plurals whose conversion webhook the release's kustomization turns
@@ -262,7 +162,7 @@ fn converted_crds(kustomization: &str) -> Vec<String> {
 }
 
 fn client_config(path: &str, ca_bundle: &str) -> Value {
-    json!({"url": format!("https://127.0.0.1:{WEBHOOK_PORT}{path}"), "caBundle": ca_bundle})
+    webhooks::client_config(WEBHOOK_PORT, path, ca_bundle)
 }
 
 /// The release's webhook configurations (config/components/webhook), for
@@ -282,29 +182,13 @@ fn register_webhooks(paths: &Paths, src: &Path, ca_bundle: &str) -> Result<()> {
         });
         let hooks = config["webhooks"].as_array_mut().context("no webhooks")?;
         hooks.retain(|w| serves(w, "") || serves(w, "kueue.x-k8s.io"));
-        for hook in hooks.iter_mut() {
-            let path = hook["clientConfig"]["service"]["path"]
-                .as_str()
-                .context("a webhook without a path")?
-                .to_string();
-            hook["clientConfig"] = client_config(&path, ca_bundle);
-            if serves(hook, "") {
-                scope_pod_webhook(hook);
-            }
-        }
+        webhooks::point_at_loopback(hooks, WEBHOOK_PORT, ca_bundle)?;
+        hooks
+            .iter_mut()
+            .filter(|h| serves(h, ""))
+            .for_each(scope_pod_webhook);
     }
-    server_side_apply(paths, configs)
-}
-
-/// Whether the webhook's rules are for API group `group` ("" is core: pods).
-fn serves(hook: &Value, group: &str) -> bool {
-    hook["rules"].as_array().is_some_and(|rules| {
-        rules.iter().any(|r| {
-            r["apiGroups"]
-                .as_array()
-                .is_some_and(|g| g.iter().any(|g| g == group))
-        })
-    })
+    webhooks::server_side_apply(paths, configs)
 }
 
 /// Upstream's namespace selector (from its kustomization), plus an object
@@ -391,15 +275,7 @@ fn kubectl_ensure_namespace(paths: &Paths) -> Result<()> {
 /// The manager's readiness probe: its caches synced and its webhook server
 /// serving.
 fn ready() -> bool {
-    let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", HEALTH_PORT)) else {
-        return false;
-    };
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut reply = String::new();
-    conn.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .and_then(|_| conn.read_to_string(&mut reply))
-        .is_ok()
-        && reply.split_whitespace().nth(1) == Some("200")
+    webhooks::ready(HEALTH_PORT)
 }
 
 /// Whether the API server gets answers from Kueue's webhooks: a server-side
@@ -411,22 +287,7 @@ fn webhooks_answer(paths: &Paths) -> bool {
         "kind": "ResourceFlavor",
         "metadata": {"name": "tjo-xtask-probe"},
     });
-    let Ok(mut cmd) = kubectl(paths) else {
-        return false;
-    };
-    let child = cmd
-        .args(["create", "--dry-run=server", "-o", "name", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let Ok(mut child) = child else { return false };
-    let wrote = child
-        .stdin
-        .take()
-        .map(|mut s| s.write_all(flavor.to_string().as_bytes()).is_ok())
-        .unwrap_or(false);
-    child.wait().map(|s| s.success()).unwrap_or(false) && wrote
+    webhooks::dry_run_create(paths, &flavor)
 }
 
 #[cfg(test)]
