@@ -8,13 +8,16 @@ mod daemon;
 mod demo;
 mod helm;
 mod images;
+mod jobset;
 mod kueue;
 mod lifetimes;
 mod node;
 mod release;
+mod scale;
 mod test;
 mod trainers;
 mod util;
+mod webhooks;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -93,6 +96,11 @@ enum BenchCmd {
         #[arg(long, default_value_t = 30)]
         rounds: u32,
     },
+    /// The operator's cost at N jobs of 1 to 8 ranks on kwok nodes.
+    Scale {
+        #[arg(long, default_value_t = 1000)]
+        jobs: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -142,6 +150,7 @@ fn main() -> Result<()> {
                 Ok(())
             }
             ClusterCmd::Down => {
+                jobset::down(&paths)?;
                 kueue::down(&paths)?;
                 node::down(&paths)?;
                 controlplane::down(&paths)
@@ -150,6 +159,7 @@ fn main() -> Result<()> {
                 let cp = controlplane::status(&paths)?;
                 let n = node::status(&paths)?;
                 kueue::status(&paths);
+                jobset::status(&paths);
                 if cp && n {
                     Ok(())
                 } else {
@@ -180,16 +190,18 @@ fn main() -> Result<()> {
         Cmd::Demo => demo::run_demo(&paths),
         Cmd::Bench { what } => match what {
             BenchCmd::Resume { rounds } => bench::resume(&paths, rounds),
+            BenchCmd::Scale { jobs } => scale::scale(&paths, jobs),
         },
     }
 }
 
-/// The control plane, then (unless `no_node`) the node, then Kueue, which
-/// runs against the control plane (see kueue.rs).
+/// The control plane, then (unless `no_node`) the node, then Kueue and
+/// JobSet, which run against the control plane (see kueue.rs, jobset.rs).
 pub fn cluster_up(paths: &util::Paths, no_node: bool) -> Result<()> {
     controlplane::up(paths)?;
     if !no_node {
         node::up(paths)?;
     }
-    kueue::up(paths)
+    kueue::up(paths)?;
+    jobset::up(paths)
 }

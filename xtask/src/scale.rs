@@ -1,0 +1,263 @@
+//! `cargo xtask bench scale --jobs N`: the operator's cost at N jobs, on kwok
+//! nodes (fake nodes whose pods kwok marks Running without running them).
+//! N TrainingJobs of 1 to 8 ranks; printed, never asserted:
+//! - the operator's peak RSS and CPU seconds while it brings them all up;
+//! - reconcile p50 and p99, from its own histogram;
+//! - one preemption injected at N jobs: pod deleted -> next attempt's pod;
+//! - a restart of the operator at N jobs: time until it has reconciled
+//!   every job again, its peak RSS, and the API server's and etcd's.
+
+use crate::controlplane::kubectl;
+use crate::daemon;
+use crate::demo::{provision_volume, start_operator};
+use crate::util::{output, run, step, wait_for, Paths};
+use anyhow::{Context, Result};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const NAMESPACE: &str = "scale";
+const OPERATOR: &str = "trainingjob-operator";
+const METRICS: &str = "http://127.0.0.1:18080/metrics";
+/// Ranks of job i: i % 7 picks one, so sizes mix as a real fleet's do.
+const SIZES: [u32; 7] = [1, 1, 1, 2, 2, 4, 8];
+const PODS_PER_FAKE_NODE: u32 = 100;
+
+pub fn scale(paths: &Paths, jobs: u32) -> Result<()> {
+    let pods: u32 = (0..jobs).map(|i| SIZES[(i % 7) as usize]).sum();
+    crate::cluster_up(paths, false)?;
+    crate::node::fake_nodes(paths, pods.div_ceil(PODS_PER_FAKE_NODE) + 1)?;
+    crate::test::install_crd(paths)?;
+    fresh_namespace(paths)?;
+    start_operator(paths, NAMESPACE)?;
+    let pid = daemon::pid(paths, OPERATOR).context("the operator's pid")?;
+    let peak = Peaks::sample(paths, pid);
+    let t0 = Instant::now();
+    create_jobs(paths, jobs)?;
+    wait_for(
+        &format!("all {jobs} jobs Running"),
+        Duration::from_secs(60 + u64::from(jobs) / 2),
+        || metric_sum("trainingjob_transitions_total{reason=\"Running\"}") >= f64::from(jobs),
+    )?;
+    let up = t0.elapsed();
+    let cpu = cpu_seconds(pid);
+    let (p50, p99) = reconcile_quantiles();
+    let resume = inject_preemption(paths)?;
+    let (rss, api, etcd) = peak.finish();
+    println!(
+        "scale {jobs} jobs ({pods} pods): all Running in {:.1}s; operator peak RSS {} MiB, {cpu:.1} CPU s; \
+         reconcile p50 {p50:.1} ms, p99 {p99:.1} ms; preemption at {jobs} jobs: pod deleted -> next pod {resume:.0} ms; \
+         peak RSS API server {} MiB, etcd {} MiB",
+        up.as_secs_f64(),
+        rss >> 20,
+        api >> 20,
+        etcd >> 20
+    );
+    restart(paths, jobs)?;
+    cleanup(paths)
+}
+
+fn fresh_namespace(paths: &Paths) -> Result<()> {
+    let _ = output(kubectl(paths)?.args([
+        "delete",
+        "namespace",
+        NAMESPACE,
+        "--ignore-not-found",
+        "--wait=true",
+    ]));
+    run(kubectl(paths)?
+        .args(["create", "namespace", NAMESPACE])
+        .stdout(Stdio::null()))?;
+    provision_volume(paths, NAMESPACE, "ckpt", "ReadWriteMany")?;
+    crate::controlplane::kubectl_apply(
+        paths,
+        Some(NAMESPACE),
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: ckpt}\nspec: {accessModes: [ReadWriteMany], \
+         storageClassName: \"\", resources: {requests: {storage: 1Gi}}}\n",
+    )
+}
+
+fn job(i: u32) -> serde_json::Value {
+    let (key, value) = crate::node::FAKE_NODE_MARK;
+    serde_json::json!({
+        "apiVersion": "trainingjob.dev/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": format!("j{i}"), "namespace": NAMESPACE},
+        "spec": {
+            "replicas": SIZES[(i % 7) as usize],
+            "checkpoint": {"claimName": "ckpt"},
+            "template": {"spec": {
+                "nodeSelector": {"type": "kwok"},
+                "tolerations": [{"key": key, "value": value, "effect": "NoSchedule"}],
+                "containers": [{"name": "trainer", "image": "localhost/tjo-trainer:dev",
+                    "command": ["python3", "/opt/trainer/train.py"],
+                    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]
+            }}
+        }
+    })
+}
+
+/// Server-side apply in lists of 500: one request per list item, as a
+/// user's `kubectl apply -f dir/` would make.
+fn create_jobs(paths: &Paths, jobs: u32) -> Result<()> {
+    step(format!("creating {jobs} TrainingJobs"));
+    for chunk in (0..jobs).collect::<Vec<_>>().chunks(500) {
+        let items: Vec<serde_json::Value> = chunk.iter().map(|i| job(*i)).collect();
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+        crate::controlplane::kubectl_apply(paths, Some(NAMESPACE), &list.to_string())?;
+    }
+    Ok(())
+}
+
+/// Deletes job 0's rank-0 pod and times the next attempt's pod appearing.
+fn inject_preemption(paths: &Paths) -> Result<f64> {
+    let t = Instant::now();
+    run(kubectl(paths)?
+        .args(["delete", "pod", "-n", NAMESPACE, "j0-a1-r0", "--wait=false"])
+        .stdout(Stdio::null()))?;
+    wait_for("j0's next attempt", Duration::from_secs(120), || {
+        output(
+            kubectl(paths)
+                .unwrap()
+                .args(["get", "pod", "-n", NAMESPACE, "j0-a2-r0", "-o", "name"]),
+        )
+        .is_ok_and(|s| !s.trim().is_empty())
+    })?;
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Kills the operator at N jobs and starts it again: how long until it has
+/// reconciled every job, and what that costs it and the API server.
+fn restart(paths: &Paths, jobs: u32) -> Result<()> {
+    daemon::stop(paths, OPERATOR, Duration::from_secs(10))?;
+    let t0 = Instant::now();
+    start_operator(paths, NAMESPACE)?;
+    let pid = daemon::pid(paths, OPERATOR).context("the operator's pid")?;
+    let peak = Peaks::sample(paths, pid);
+    wait_for(
+        &format!("the restarted operator to reconcile all {jobs} jobs"),
+        Duration::from_secs(60 + u64::from(jobs) / 2),
+        || metric_sum("trainingjob_reconciles_total") >= f64::from(jobs),
+    )?;
+    let converged = t0.elapsed();
+    let (rss, api, etcd) = peak.finish();
+    println!(
+        "restart at {jobs} jobs: every job reconciled {:.1}s after the start; operator peak RSS {} MiB, {:.1} CPU s; \
+         peak RSS API server {} MiB, etcd {} MiB",
+        converged.as_secs_f64(),
+        rss >> 20,
+        cpu_seconds(pid),
+        api >> 20,
+        etcd >> 20
+    );
+    Ok(())
+}
+
+fn cleanup(paths: &Paths) -> Result<()> {
+    daemon::stop(paths, OPERATOR, Duration::from_secs(10))?;
+    let _ = output(kubectl(paths)?.args(["delete", "namespace", NAMESPACE, "--wait=false"]));
+    Ok(())
+}
+
+/// Peak resident memory of the operator, the API server and etcd, sampled
+/// every 200 ms until `finish`.
+struct Peaks {
+    stop: Arc<AtomicBool>,
+    peaks: Arc<Mutex<(u64, u64, u64)>>,
+}
+
+impl Peaks {
+    fn sample(paths: &Paths, operator: i32) -> Self {
+        let pids = [
+            Some(operator),
+            daemon::pid(paths, "kube-apiserver"),
+            daemon::pid(paths, "etcd"),
+        ];
+        let stop = Arc::new(AtomicBool::new(false));
+        let peaks = Arc::new(Mutex::new((0, 0, 0)));
+        let (halt, into) = (stop.clone(), peaks.clone());
+        std::thread::spawn(move || {
+            while !halt.load(Ordering::Relaxed) {
+                let rss: Vec<u64> = pids.iter().map(|p| p.map_or(0, rss_bytes)).collect();
+                let mut p = into.lock().unwrap();
+                *p = (p.0.max(rss[0]), p.1.max(rss[1]), p.2.max(rss[2]));
+                drop(p);
+                // The sampling period, not a synchronisation.
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        Self { stop, peaks }
+    }
+
+    fn finish(self) -> (u64, u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        *self.peaks.lock().unwrap()
+    }
+}
+
+fn rss_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib << 10)
+}
+
+/// User and system CPU seconds of a process so far.
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised name; utime and stime are 14 and 15.
+    let after = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let field = |i: usize| -> f64 {
+        after
+            .split_whitespace()
+            .nth(i)
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0.0)
+    };
+    // Counted from the state, field 3.
+    let ticks = field(14 - 3) + field(15 - 3);
+    ticks / 100.0
+}
+
+fn scrape() -> String {
+    output(std::process::Command::new("curl").args(["-sf", METRICS])).unwrap_or_default()
+}
+
+/// The sum of every sample whose name and labels start with `prefix`.
+fn metric_sum(prefix: &str) -> f64 {
+    let prefix = prefix.trim_end_matches('}');
+    scrape()
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// p50 and p99 in milliseconds, from the reconcile histogram's buckets (the
+/// upper bound of the bucket the quantile falls in).
+fn reconcile_quantiles() -> (f64, f64) {
+    let text = scrape();
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with("trainingjob_reconcile_duration_seconds_bucket"))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit_once(' ')?.1.parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let q = |p: f64| {
+        buckets
+            .iter()
+            .find(|(_, c)| *c >= p * total)
+            .map_or(f64::NAN, |(le, _)| le * 1000.0)
+    };
+    (q(0.5), q(0.99))
+}
