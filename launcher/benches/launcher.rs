@@ -14,6 +14,16 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 const ROUNDS: usize = 2000;
+/// CI's quick run (TJO_BENCH_QUICK set): enough to show every figure.
+const QUICK_ROUNDS: usize = 50;
+
+fn rounds() -> usize {
+    if std::env::var_os("TJO_BENCH_QUICK").is_some() {
+        QUICK_ROUNDS
+    } else {
+        ROUNDS
+    }
+}
 
 fn mono_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -69,8 +79,8 @@ fn percentile(sorted: &[f64], pct: f64) -> f64 {
 /// Sends SIGUSR1 to `target` ROUNDS times; returns sorted send-to-receipt
 /// latencies in microseconds.
 fn measure(target: i32, lines: &mut impl Iterator<Item = String>) -> Vec<f64> {
-    let mut v = Vec::with_capacity(ROUNDS);
-    for _ in 0..ROUNDS {
+    let mut v = Vec::with_capacity(rounds());
+    for _ in 0..rounds() {
         let t0 = mono_ns();
         unsafe { libc::kill(target, libc::SIGUSR1) };
         let t1: u64 = lines.next().expect("child alive").trim().parse().unwrap();
@@ -152,10 +162,11 @@ fn main() {
         ("kill launcher -> child", &via),
     ] {
         println!(
-            "{name:>24}: p50 {:7.1} us  p99 {:7.1} us  max {:8.1} us  ({ROUNDS} signals)",
+            "{name:>24}: p50 {:7.1} us  p99 {:7.1} us  max {:8.1} us  ({} signals)",
             percentile(v, 50.0),
             percentile(v, 99.0),
-            v[v.len() - 1]
+            v[v.len() - 1],
+            v.len()
         );
     }
     println!(

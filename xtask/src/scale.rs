@@ -11,7 +11,7 @@ use crate::controlplane::kubectl;
 use crate::daemon;
 use crate::demo::{provision_volume, start_operator};
 use crate::util::{output, run, step, wait_for, Paths};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,6 +43,9 @@ pub fn scale(paths: &Paths, jobs: u32) -> Result<()> {
     let up = t0.elapsed();
     let cpu = cpu_seconds(pid);
     let (p50, p99) = reconcile_quantiles();
+    if !(p50.is_finite() && p99.is_finite()) {
+        bail!("the operator's /metrics has no reconcile histogram");
+    }
     let resume = inject_preemption(paths)?;
     let (rss, api, etcd) = peak.finish();
     println!(

@@ -70,11 +70,25 @@ pub fn run_all(paths: &Paths) -> Result<()> {
         "trainer processes: {} of {} ranks over {} samples of the machine, no two attempts of one rank alive at once",
         lifetimes.trainer_processes, lifetimes.trainer_ranks, lifetimes.samples
     ));
+    quick_benches(paths)?;
     step(format!(
         "all tests passed in {:.0}s",
         started.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// A quick run of every benchmark, so that none can rot: each must complete
+/// and print its figures; the figures themselves are never asserted.
+fn quick_benches(paths: &Paths) -> Result<()> {
+    step("quick benchmarks: cargo bench -p launcher, bench resume, bench scale");
+    run(Command::new("cargo")
+        .current_dir(&paths.root)
+        .env("TJO_BENCH_QUICK", "1")
+        .args(["bench", "--quiet", "-p", "launcher"]))
+    .context("the launcher's benchmark")?;
+    crate::bench::resume(paths, 2).context("bench resume")?;
+    crate::scale::scale(paths, 100).context("bench scale")
 }
 
 /// Server-side apply: the CRD embeds a whole PodTemplateSpec schema, which is
