@@ -43,7 +43,7 @@ pub fn scale(paths: &Paths, jobs: u32) -> Result<()> {
     let up = t0.elapsed();
     let cpu = cpu_seconds(pid);
     let (p50, p99) = reconcile_quantiles();
-    if !(p50.is_finite() && p99.is_finite()) {
+    if p50.is_nan() || p99.is_nan() {
         bail!("the operator's /metrics has no reconcile histogram");
     }
     let resume = inject_preemption(paths)?;
@@ -256,6 +256,9 @@ fn reconcile_quantiles() -> (f64, f64) {
         })
         .collect();
     let total = buckets.last().map_or(0.0, |b| b.1);
+    if total == 0.0 {
+        return (f64::NAN, f64::NAN);
+    }
     let q = |p: f64| {
         buckets
             .iter()
