@@ -141,13 +141,14 @@ impl NodeIndex {
 
     fn set(&self, name: String, facts: Option<NodeFacts>) -> Vec<String> {
         let mut map = self.nodes.write().unwrap();
-        let old = match facts {
-            Some(f) => map.insert(name.clone(), f.clone()).filter(|o| *o == f),
-            None => map.remove(&name).filter(|_| false),
+        let changed = match facts {
+            Some(f) => map.insert(name.clone(), f.clone()).as_ref() != Some(&f),
+            None => map.remove(&name).is_some(),
         };
-        match old {
-            Some(_) => Vec::new(),
-            None => vec![name],
+        if changed {
+            vec![name]
+        } else {
+            Vec::new()
         }
     }
 
