@@ -438,7 +438,33 @@ fn preempted(d: &mut Decision, cx: &Ctx, ended: Ended) {
     d.delete = to_stop(cx.inp.pods, cx.inp.now);
 }
 
+/// A failure that /dev/shm being full explains: the spec's size, not the
+/// trainer's code, is what to change. The reason and message say so.
+fn shm_exhausted(ended: Ended, exit_code: i32) -> Ended {
+    let shm = ended.pod.and_then(|p| p.report.as_ref()?.shm);
+    let Some(shm) = shm.filter(|s| s.exhausted()) else {
+        return Ended {
+            reason: format!("ExitCode{exit_code}"),
+            ..ended
+        };
+    };
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    let message = format!(
+        "/dev/shm was full ({:.1} of {:.1} MiB in use at its peak) when the trainer failed: \
+         raise spec.sharedMemory (its size, or the dataLoader figures it is sized from); {}",
+        mib(shm.peak_used_bytes),
+        mib(shm.size_bytes),
+        ended.message
+    );
+    Ended {
+        reason: "SharedMemoryExhausted".into(),
+        message,
+        ..ended
+    }
+}
+
 fn trainer_failed(d: &mut Decision, cx: &Ctx, ended: Ended, exit_code: i32) {
+    let ended = shm_exhausted(ended, exit_code);
     let s = &mut d.status;
     s.failures += 1;
     let note = format!(
@@ -451,10 +477,6 @@ fn trainer_failed(d: &mut Decision, cx: &Ctx, ended: Ended, exit_code: i32) {
         ended.message
     );
     let at = ended.pod.and_then(|p| p.finished_at).unwrap_or(cx.inp.now);
-    let ended = Ended {
-        reason: format!("ExitCode{exit_code}"),
-        ..ended
-    };
     push_interruption(s, InterruptionKind::Failure, &ended, at);
     crate::timeline::signalled(s, s.attempt, cx.inp.now);
     d.delete = to_stop(cx.inp.pods, cx.inp.now);

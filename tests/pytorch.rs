@@ -685,3 +685,53 @@ fn ls(dir: &std::path::Path) -> Vec<String> {
     names.sort();
     names
 }
+
+#[test]
+#[ignore = "needs the local cluster: cargo xtask test"]
+fn the_example_on_the_64mib_shm_default_fails_and_is_reported_as_a_spec_or_resource_problem() {
+    // No sharedMemory: the container runtime's 64 MiB /dev/shm, which the
+    // DataLoader's prefetched batches (about 90 MiB) outgrow.
+    let started = Instant::now();
+    let run = Run::start(
+        "pt-shm",
+        "shm",
+        1,
+        &["--steps", "40", "--ckpt-every", "100000"],
+        "  backoffLimit: 0\n",
+    );
+    let s = run.wait_status("the job to fail", Duration::from_secs(240), |s| {
+        s["phase"] == "Failed"
+    });
+    let logs = run.logs(&run.pod(1, 0));
+    assert!(
+        logs.contains("No space left on device"),
+        "the DataLoader ran out of /dev/shm:\n{logs}"
+    );
+    let i = &s["interruptions"][0];
+    println!(
+        "64 MiB /dev/shm: preemptions {}, failures {}, interruption kind {} reason {} message {}; {:.0}s",
+        s["preemptions"],
+        s["failures"],
+        i["kind"],
+        i["reason"],
+        i["message"],
+        started.elapsed().as_secs_f64()
+    );
+    // Not a preemption: nothing took the pod away.
+    assert_eq!(
+        (s["preemptions"].as_i64(), s["failures"].as_i64()),
+        (Some(0), Some(1)),
+        "{s}"
+    );
+    assert_eq!(i["kind"], "Failure", "{s}");
+    // What a person needs to fix it: /dev/shm, i.e. spec.sharedMemory, not
+    // a crash of their code to debug.
+    assert_eq!(i["reason"], "SharedMemoryExhausted", "{s}");
+    assert!(
+        i["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("spec.sharedMemory"),
+        "{s}"
+    );
+}

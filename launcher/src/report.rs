@@ -63,6 +63,10 @@ pub struct Report {
     /// pod never reported (a lost node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<crate::handover::Handover>,
+    /// The /dev/shm the trainer had, and the most of it in use at any
+    /// sample (every 200 ms while it ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm: Option<ShmUse>,
     /// The trainer stopped because another rank of its gang was signalled,
     /// not because the job was done; the state is then `signalled` even
     /// though no signal reached this launcher.
@@ -146,6 +150,22 @@ pub struct LastCheckpoint {
     pub path: String,
     pub bytes: u64,
     pub at_unix_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ShmUse {
+    pub size_bytes: u64,
+    pub peak_used_bytes: u64,
+}
+
+impl ShmUse {
+    /// Full enough that an allocation in it would have failed: within
+    /// 2 MiB, or 97%, of its size.
+    pub fn exhausted(&self) -> bool {
+        let free = self.size_bytes.saturating_sub(self.peak_used_bytes);
+        self.size_bytes > 0 && (free < 2 << 20 || free * 100 < self.size_bytes * 3)
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
@@ -502,6 +522,21 @@ mod tests {
         let v = r.to_bounded_json();
         assert!(v.len() <= MAX_REPORT_BYTES);
         serde_json::from_slice::<Report>(&v).unwrap();
+    }
+
+    #[test]
+    fn dev_shm_counts_as_exhausted_only_when_nearly_full() {
+        let at = |size: u64, used: u64| ShmUse {
+            size_bytes: size,
+            peak_used_bytes: used,
+        };
+        assert!(at(64 << 20, (64 << 20) - 4096).exhausted());
+        assert!(
+            at(10 << 30, (10 << 30) - (100 << 20)).exhausted(),
+            "3% of 10 GiB is 300 MiB"
+        );
+        assert!(!at(64 << 20, 32 << 20).exhausted());
+        assert!(!at(0, 0).exhausted());
     }
 
     #[test]

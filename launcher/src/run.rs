@@ -9,7 +9,8 @@ use crate::fence::{self, Fence};
 use crate::forward;
 use crate::handover::{self, Handover};
 use crate::report::{
-    CheckpointRef, Cleaned, LastCheckpoint, LockState, PeerStop, Probe, Report, SignalInfo, State,
+    CheckpointRef, Cleaned, LastCheckpoint, LockState, PeerStop, Probe, Report, ShmUse, SignalInfo,
+    State,
 };
 use crate::reportfile::ReportFile;
 use crate::saves::{round6, Action, Inside, Stats, Tracker};
@@ -34,6 +35,9 @@ const DEADLINE_RESERVE_SECONDS: f64 = 1.0;
 /// stop signal, a save starting or ending) read at once, and this bounds the
 /// rest at the price of one small tmpfs read a second.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How often /dev/shm's use is sampled: a DataLoader can fill it and crash
+/// within a second.
+const SHM_EVERY: Duration = Duration::from_millis(200);
 
 /// How often a launcher waiting for its rank's lock tries again: the wait is
 /// for a process to die, and a tenth of a second is nothing beside a pod start.
@@ -116,6 +120,16 @@ impl Supervisor {
             self.report.peer_stop = p.peer_stop;
         }
         before != (self.report.last_step, self.report.peer_stop.clone())
+    }
+
+    /// Keeps the most of /dev/shm seen in use.
+    fn sample_shm(&mut self) {
+        let Some((size, used)) = crate::shm::usage(&self.cfg.shm_dir) else {
+            return;
+        };
+        let shm = self.report.shm.get_or_insert(ShmUse::default());
+        shm.size_bytes = size;
+        shm.peak_used_bytes = shm.peak_used_bytes.max(used);
     }
 
     /// Leaves the step reached on the volume for the next attempt.
@@ -273,7 +287,7 @@ impl Supervisor {
     /// How long poll may sleep: progress is read every [`PROGRESS_EVERY`],
     /// and the signal-ignored report must not be late.
     fn poll_timeout_ms(&self) -> i32 {
-        let mut t = PROGRESS_EVERY;
+        let mut t = PROGRESS_EVERY.min(SHM_EVERY);
         if let (false, Some(at)) = (self.ignored_reported, self.honour_by()) {
             t = t.min(at.saturating_duration_since(Instant::now()));
         }
@@ -508,6 +522,7 @@ fn supervise(sv: &mut Supervisor, sfd: &OwnedFd, child_pid: i32, mut watch: Opti
         // saving in the report.
         let save_event =
             ready.get(1) == Some(&true) && watch.as_mut().is_some_and(|w| w.handle(sv));
+        sv.sample_shm();
         if sv.refresh_progress(save_event) {
             sv.publish();
         }

@@ -23,6 +23,21 @@ const PATTERNS: [&str; 7] = [
     "tj-progress-",
 ];
 
+/// How full the memory-backed /dev/shm is: (size, bytes used). A DataLoader
+/// whose prefetched batches outgrow it fails with ENOSPC or SIGBUS, which
+/// looks like any crash from outside; this is the evidence that it was not.
+pub fn usage(dir: &Path) -> Option<(u64, u64)> {
+    let path = crate::sys::cstring(dir.as_os_str()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let block = st.f_frsize as u64;
+    let size = st.f_blocks as u64 * block;
+    let used = (st.f_blocks as u64).saturating_sub(st.f_bfree as u64) * block;
+    Some((size, used))
+}
+
 pub fn is_known_leak_name(name: &str) -> bool {
     PATTERNS.iter().any(|p| name.starts_with(p))
 }

@@ -560,3 +560,28 @@ fn a_rank_whose_node_stopped_answering_is_taken_for_lost_after_node_unreachable_
     assert!(i.message.contains("gpu-3"), "{}", i.message);
     assert_eq!(d.delete, ["j-a1-r0", "j-a1-r1"]);
 }
+
+#[test]
+fn a_failure_with_dev_shm_full_says_to_raise_shared_memory() {
+    let mut report = Report::new(Some(1));
+    report.state = State::Failed;
+    report.shm = Some(launcher::report::ShmUse {
+        size_bytes: 64 << 20,
+        peak_used_bytes: (64 << 20) - 4096,
+    });
+    let mut p0 = ended(
+        pv(1, 0),
+        Outcome::Failed {
+            exit_code: 1,
+            reason: "Error".into(),
+            message: "unable to allocate shared memory".into(),
+        },
+    );
+    p0.report = Some(report);
+    let d = run(&job(Some(status(Phase::Running, 1))), &[p0, pv(1, 1)]);
+    assert_eq!((d.status.failures, d.status.preemptions), (1, 0));
+    let i = &d.status.interruptions[0];
+    assert_eq!(i.reason, "SharedMemoryExhausted");
+    assert!(i.message.contains("spec.sharedMemory"), "{}", i.message);
+    assert!(cond(&d.status, Ready).message.contains("/dev/shm was full"));
+}
