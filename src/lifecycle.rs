@@ -449,12 +449,14 @@ fn shm_exhausted(ended: Ended, exit_code: i32) -> Ended {
         };
     };
     let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    // Last: interruptions keep a message's tail.
     let message = format!(
-        "/dev/shm was full ({:.1} of {:.1} MiB in use at its peak) when the trainer failed: \
-         raise spec.sharedMemory (its size, or the dataLoader figures it is sized from); {}",
+        "{}; /dev/shm was nearly full ({:.1} of {:.1} MiB in use at its peak, sampled every 200 ms) \
+         when the trainer failed, so a DataLoader batch that did not fit is the likely cause: raise \
+         spec.sharedMemory (its size, or the dataLoader figures it is sized from)",
+        ended.message,
         mib(shm.peak_used_bytes),
-        mib(shm.size_bytes),
-        ended.message
+        mib(shm.size_bytes)
     );
     Ended {
         reason: "SharedMemoryExhausted".into(),

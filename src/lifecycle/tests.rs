@@ -583,5 +583,7 @@ fn a_failure_with_dev_shm_full_says_to_raise_shared_memory() {
     let i = &d.status.interruptions[0];
     assert_eq!(i.reason, "SharedMemoryExhausted");
     assert!(i.message.contains("spec.sharedMemory"), "{}", i.message);
-    assert!(cond(&d.status, Ready).message.contains("/dev/shm was full"));
+    assert!(cond(&d.status, Ready)
+        .message
+        .contains("/dev/shm was nearly full"));
 }
