@@ -122,27 +122,6 @@ impl Drop for Queues {
     }
 }
 
-/// The trainer's last line when nothing interrupts it, run right here.
-fn uninterrupted(args: &[&str]) -> String {
-    let dir = std::env::temp_dir().join(format!("tj-kueue-reference-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = Command::new("python3")
-        .arg(root().join("examples/trainer/train.py"))
-        .args(args)
-        .arg("--checkpoint-dir")
-        .arg(&dir)
-        .env_remove("TJ_CHECKPOINT_DIR")
-        .output()
-        .expect("python3 runs");
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    final_line(&String::from_utf8_lossy(&out.stdout)).expect("the trainer prints a final line")
-}
-
 fn final_line(logs: &str) -> Option<String> {
     logs.lines()
         .rev()

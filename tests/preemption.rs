@@ -13,15 +13,6 @@ use std::time::{Duration, Instant};
 static NODE: Mutex<()> = Mutex::new(());
 const NODE_NAME: &str = "tjo-node";
 
-fn evict(ns: &str, pod: &str) {
-    let body = format!(
-        r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"{pod}","namespace":"{ns}"}}}}"#
-    );
-    let path = format!("/api/v1/namespaces/{ns}/pods/{pod}/eviction");
-    let out = kubectl_with_input(&["create", "--raw", &path, "-f", "-"], Some(&body));
-    assert!(out.status.success(), "eviction refused: {}", stderr(&out));
-}
-
 /// Drains this namespace's pods off the node (labelled by `label_pods`:
 /// a job label alone would also match pods of other runs).
 fn drain(ns: &str) {

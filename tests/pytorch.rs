@@ -465,15 +465,6 @@ fn three_preemptions_by_delete_eviction_and_forced_delete_lose_no_step_and_end_w
     );
 }
 
-fn evict(ns: &str, pod: &str) {
-    let body = format!(
-        r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"{pod}","namespace":"{ns}"}}}}"#
-    );
-    let path = format!("/api/v1/namespaces/{ns}/pods/{pod}/eviction");
-    let out = kubectl_with_input(&["create", "--raw", &path, "-f", "-"], Some(&body));
-    assert!(out.status.success(), "eviction refused: {}", stderr(&out));
-}
-
 #[test]
 #[ignore = "needs the local cluster: cargo xtask test"]
 fn a_dataloader_with_workers_survives_sigterm_saves_and_exits_0() {

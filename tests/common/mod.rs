@@ -570,3 +570,13 @@ pub fn wait_training(ns: &str, job: &str, attempt: i32, steps: usize) -> String 
     );
     pod
 }
+
+/// Evicts a pod through the Eviction API, as a drain does.
+pub fn evict(ns: &str, pod: &str) {
+    let body = format!(
+        r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"{pod}","namespace":"{ns}"}}}}"#
+    );
+    let path = format!("/api/v1/namespaces/{ns}/pods/{pod}/eviction");
+    let out = kubectl_with_input(&["create", "--raw", &path, "-f", "-"], Some(&body));
+    assert!(out.status.success(), "eviction refused: {}", stderr(&out));
+}
