@@ -6,7 +6,7 @@
 //! loopback with a certificate signed by the cluster's CA.
 
 use crate::daemon;
-use crate::util::{run, step, succeeds, wait_for, write, Paths};
+use crate::util::{run, step, succeeds, write, Paths};
 use crate::webhooks::{self, manifests, serves};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -36,7 +36,7 @@ fn cert_dir(paths: &Paths) -> PathBuf {
 /// Brings JobSet up against the running control plane; a no-op when it is
 /// already up and answering.
 pub fn up(paths: &Paths) -> Result<()> {
-    if daemon::alive(paths, "jobset") && ready() && webhooks_answer(paths) {
+    if webhooks::serving(paths, "jobset", HEALTH_PORT, &probe()) {
         step("jobset already up");
         return Ok(());
     }
@@ -48,15 +48,7 @@ pub fn up(paths: &Paths) -> Result<()> {
     register_webhooks(paths, &src, &ca_bundle)?;
     let config = write_config(paths)?;
     spawn(paths, &bin, &config)?;
-    wait_for("jobset's /readyz", Duration::from_secs(120), ready)
-        .and_then(|_| {
-            wait_for(
-                "the API server to reach jobset's webhooks",
-                Duration::from_secs(60),
-                || webhooks_answer(paths),
-            )
-        })
-        .map_err(|e| e.context(daemon::log_tail(paths, "jobset", 30)))?;
+    webhooks::wait_serving(paths, "jobset", HEALTH_PORT, &probe())?;
     step(format!(
         "jobset {JOBSET} up in {:.1}s",
         started.elapsed().as_secs_f64()
@@ -69,11 +61,7 @@ pub fn down(paths: &Paths) -> Result<()> {
 }
 
 pub fn status(paths: &Paths) {
-    match daemon::pid(paths, "jobset") {
-        Some(pid) if ready() => println!("{:<24} ready (pid {pid})", "jobset"),
-        Some(pid) => println!("{:<24} running, not ready (pid {pid})", "jobset"),
-        None => println!("{:<24} stopped", "jobset"),
-    }
+    webhooks::print_status(paths, "jobset", HEALTH_PORT);
 }
 
 /// The manager (the module's root package), built inside the downloaded
@@ -202,21 +190,10 @@ fn spawn(paths: &Paths, bin: &Path, config: &Path) -> Result<()> {
     daemon::spawn(paths, "jobset", cmd)
 }
 
-/// The manager's readiness probe: its caches synced and, once it has
-/// certificates, its webhook server serving.
-fn ready() -> bool {
-    webhooks::ready(HEALTH_PORT)
-}
-
-/// Whether the API server gets answers from JobSet's webhooks: a
-/// server-side dry run of a JobSet goes through its mutating and
-/// validating webhooks, over the same URL, certificate and caBundle as the
-/// pods'.
-fn webhooks_answer(paths: &Paths) -> bool {
-    webhooks::dry_run_create(paths, &probe())
-}
-
-/// The smallest valid JobSet. Its image is never pulled (a dry run
+/// What proves the API server gets answers from JobSet's webhooks: the
+/// smallest valid JobSet, whose dry-run create goes through its mutating
+/// and validating webhooks, over the same URL, certificate and caBundle as
+/// the pods'. Its image is never pulled (a dry run
 /// creates nothing), so it names no registry.
 fn probe() -> Value {
     let pod = json!({"spec": {

@@ -10,7 +10,7 @@
 
 use crate::controlplane::kubectl;
 use crate::daemon;
-use crate::util::{run, step, succeeds, wait_for, write, Paths};
+use crate::util::{run, step, succeeds, write, Paths};
 use crate::webhooks::{self, manifests, serves};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -45,7 +45,7 @@ fn cert_dir(paths: &Paths) -> PathBuf {
 /// Brings Kueue up against the running control plane; a no-op when it is
 /// already up and answering.
 pub fn up(paths: &Paths) -> Result<()> {
-    if daemon::alive(paths, "kueue") && ready() && webhooks_answer(paths) {
+    if webhooks::serving(paths, "kueue", HEALTH_PORT, &probe()) {
         step("kueue already up");
         return Ok(());
     }
@@ -57,15 +57,7 @@ pub fn up(paths: &Paths) -> Result<()> {
     register_webhooks(paths, &src, &ca_bundle)?;
     let config = write_config(paths)?;
     spawn(paths, &bin, &config)?;
-    wait_for("kueue's /readyz", Duration::from_secs(120), ready)
-        .and_then(|_| {
-            wait_for(
-                "the API server to reach kueue's webhooks",
-                Duration::from_secs(60),
-                || webhooks_answer(paths),
-            )
-        })
-        .map_err(|e| e.context(daemon::log_tail(paths, "kueue", 30)))?;
+    webhooks::wait_serving(paths, "kueue", HEALTH_PORT, &probe())?;
     step(format!(
         "kueue {KUEUE} up in {:.1}s",
         started.elapsed().as_secs_f64()
@@ -78,11 +70,7 @@ pub fn down(paths: &Paths) -> Result<()> {
 }
 
 pub fn status(paths: &Paths) {
-    match daemon::pid(paths, "kueue") {
-        Some(pid) if ready() => println!("{:<24} ready (pid {pid})", "kueue"),
-        Some(pid) => println!("{:<24} running, not ready (pid {pid})", "kueue"),
-        None => println!("{:<24} stopped", "kueue"),
-    }
+    webhooks::print_status(paths, "kueue", HEALTH_PORT);
 }
 
 /// The manager, built with `go install` (Kueue's go.mod has no replace
@@ -272,22 +260,15 @@ fn kubectl_ensure_namespace(paths: &Paths) -> Result<()> {
         .stdout(Stdio::null()))
 }
 
-/// The manager's readiness probe: its caches synced and its webhook server
-/// serving.
-fn ready() -> bool {
-    webhooks::ready(HEALTH_PORT)
-}
-
-/// Whether the API server gets answers from Kueue's webhooks: a server-side
-/// dry run of a ResourceFlavor goes through its mutating and validating
+/// What proves the API server gets answers from Kueue's webhooks: a
+/// ResourceFlavor's dry-run create goes through its mutating and validating
 /// webhooks, over the same URL, certificate and caBundle as the pods'.
-fn webhooks_answer(paths: &Paths) -> bool {
-    let flavor = json!({
+fn probe() -> Value {
+    json!({
         "apiVersion": "kueue.x-k8s.io/v1beta2",
         "kind": "ResourceFlavor",
         "metadata": {"name": "tjo-xtask-probe"},
-    });
-    webhooks::dry_run_create(paths, &flavor)
+    })
 }
 
 #[cfg(test)]

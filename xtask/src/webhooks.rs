@@ -5,7 +5,7 @@
 //! (the API server runs on this host too, so it reaches them there).
 
 use crate::controlplane::{self, kubectl};
-use crate::util::{output, succeeds, Paths};
+use crate::util::{output, succeeds, wait_for, Paths};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -160,6 +160,44 @@ pub(crate) fn ready(port: u16) -> bool {
         .and_then(|_| conn.read_to_string(&mut reply))
         .is_ok()
         && reply.split_whitespace().nth(1) == Some("200")
+}
+
+/// Whether the add-on `name` runs, is ready and its webhooks answer (a
+/// dry-run create of `probe` goes through them).
+pub(crate) fn serving(paths: &Paths, name: &str, health_port: u16, probe: &Value) -> bool {
+    crate::daemon::alive(paths, name) && ready(health_port) && dry_run_create(paths, probe)
+}
+
+/// Waits until the add-on `name` is ready and the API server reaches its
+/// webhooks; on a timeout the error carries its log's tail.
+pub(crate) fn wait_serving(
+    paths: &Paths,
+    name: &str,
+    health_port: u16,
+    probe: &Value,
+) -> Result<()> {
+    wait_for(
+        &format!("{name}'s /readyz"),
+        Duration::from_secs(120),
+        || ready(health_port),
+    )
+    .and_then(|_| {
+        wait_for(
+            &format!("the API server to reach {name}'s webhooks"),
+            Duration::from_secs(60),
+            || dry_run_create(paths, probe),
+        )
+    })
+    .map_err(|e| e.context(crate::daemon::log_tail(paths, name, 30)))
+}
+
+/// One line of `cargo xtask cluster status` for the add-on `name`.
+pub(crate) fn print_status(paths: &Paths, name: &str, health_port: u16) {
+    match crate::daemon::pid(paths, name) {
+        Some(pid) if ready(health_port) => println!("{name:<24} ready (pid {pid})"),
+        Some(pid) => println!("{name:<24} running, not ready (pid {pid})"),
+        None => println!("{name:<24} stopped"),
+    }
 }
 
 /// Whether a server-side dry run of creating `object` succeeds: it goes
