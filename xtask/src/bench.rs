@@ -25,15 +25,7 @@ pub fn resume(paths: &Paths, rounds: u32) -> Result<()> {
     crate::images::build_and_import(paths)?;
     crate::test::install_crd(paths)?;
     start_operator(paths, NAMESPACE)?;
-    let _ = output(kubectl(paths)?.args([
-        "delete",
-        "namespace",
-        NAMESPACE,
-        "--ignore-not-found",
-        "--wait=true",
-    ]));
-    run(kubectl(paths)?.args(["create", "namespace", NAMESPACE]))?;
-    provision_volume(paths, NAMESPACE, "ckpt", "ReadWriteOnce")?;
+    fresh_namespace(paths, NAMESPACE, "ReadWriteOnce")?;
     let manifest = r#"apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {name: ckpt}
@@ -138,6 +130,22 @@ spec:
         samples.last().copied().unwrap_or_default()
     );
     Ok(())
+}
+
+/// An empty namespace `ns` with a volume provisioned for its claim `ckpt`:
+/// a namespace left from an earlier run still holds that run's jobs.
+pub fn fresh_namespace(paths: &Paths, ns: &str, mode: &str) -> Result<()> {
+    let _ = output(kubectl(paths)?.args([
+        "delete",
+        "namespace",
+        ns,
+        "--ignore-not-found",
+        "--wait=true",
+    ]));
+    run(kubectl(paths)?
+        .args(["create", "namespace", ns])
+        .stdout(Stdio::null()))?;
+    provision_volume(paths, ns, "ckpt", mode)
 }
 
 fn jsonpath(paths: &Paths, path: &str) -> String {

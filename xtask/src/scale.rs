@@ -9,7 +9,7 @@
 
 use crate::controlplane::kubectl;
 use crate::daemon;
-use crate::demo::{provision_volume, start_operator};
+use crate::demo::start_operator;
 use crate::util::{output, run, step, wait_for, Paths};
 use anyhow::{bail, Context, Result};
 use std::process::Stdio;
@@ -62,17 +62,7 @@ pub fn scale(paths: &Paths, jobs: u32) -> Result<()> {
 }
 
 fn fresh_namespace(paths: &Paths) -> Result<()> {
-    let _ = output(kubectl(paths)?.args([
-        "delete",
-        "namespace",
-        NAMESPACE,
-        "--ignore-not-found",
-        "--wait=true",
-    ]));
-    run(kubectl(paths)?
-        .args(["create", "namespace", NAMESPACE])
-        .stdout(Stdio::null()))?;
-    provision_volume(paths, NAMESPACE, "ckpt", "ReadWriteMany")?;
+    crate::bench::fresh_namespace(paths, NAMESPACE, "ReadWriteMany")?;
     crate::controlplane::kubectl_apply(
         paths,
         Some(NAMESPACE),
