@@ -160,12 +160,7 @@ struct Run {
 impl Run {
     fn start(prefix: &str, job: &'static str, replicas: i32, args: &[&str], spec: &str) -> Self {
         let ns = TempNamespace::new(prefix);
-        let mode = if replicas > 1 {
-            "ReadWriteMany"
-        } else {
-            "ReadWriteOnce"
-        };
-        claim(&ns.name, "ckpt", mode);
+        gang_claim(&ns.name, "ckpt", replicas);
         let watch = PodWatch::start(&ns.name);
         let op = Operator::start(&ns.name);
         apply(&ns.name, &pytorch_job(&ns.name, job, replicas, args, spec));

@@ -161,12 +161,7 @@ impl Run {
         let args = ["--total-steps", steps, "--ckpt-every", CKPT_EVERY];
         let reference = uninterrupted(&args);
         let ns = TempNamespace::new(prefix);
-        let mode = if replicas > 1 {
-            "ReadWriteMany"
-        } else {
-            "ReadWriteOnce"
-        };
-        claim(&ns.name, "ckpt", mode);
+        gang_claim(&ns.name, "ckpt", replicas);
         let watch = PodWatch::start(&ns.name);
         let saved = SavedSteps::follow(&ns.name);
         let op = Operator::start(&ns.name);

@@ -479,6 +479,17 @@ pub fn claim(ns: &str, name: &str, mode: &str) {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// A claim every rank of a `replicas`-rank job can mount: ReadWriteMany
+/// for a gang, ReadWriteOnce for one rank.
+pub fn gang_claim(ns: &str, name: &str, replicas: i32) {
+    let mode = if replicas > 1 {
+        "ReadWriteMany"
+    } else {
+        "ReadWriteOnce"
+    };
+    claim(ns, name, mode);
+}
+
 pub fn apply(ns: &str, manifest: &str) {
     let out = kubectl_with_input(&["apply", "-n", ns, "-f", "-"], Some(manifest));
     assert!(out.status.success(), "apply failed: {}", stderr(&out));
