@@ -270,25 +270,29 @@ impl Report {
             |r| r.truncate_paths(64),
             // Still ends in the checkpoint's name, which holds the step.
             |r| r.truncate_paths(24),
+            // Diagnostics: the operator can do without them, not without
+            // the last checkpoint and the exit code.
             |r| {
                 r.probe = None;
                 r.cleaned = None;
                 r.resumed_from = None;
+                r.shm = None;
+                r.previous = None;
+                r.first_step_at_unix_ms = None;
             },
             |r| {
                 r.truncated = true;
                 r.saves = None;
-                r.last_checkpoint = None;
                 r.signal_to_exit_seconds = None;
                 r.lock = None;
                 r.lock_wait_seconds = None;
-            },
-            |r| {
                 r.signal = None;
                 r.peer_stop = None;
                 r.attempt = None;
                 r.term_signal = None;
             },
+            // The step a resume can start from goes last but one.
+            |r| r.last_checkpoint = None,
             |r| {
                 *r = Report {
                     version: r.version,
@@ -447,13 +451,23 @@ mod tests {
             signal_honoured: Some(false),
             lock_wait_seconds: Some(3.25),
             lock: Some(LockState::Held),
+            // A large node's /dev/shm: these numbers are as wide as they get.
+            shm: Some(ShmUse {
+                size_bytes: 270_553_174_016,
+                peak_used_bytes: 56_634_212_352,
+            }),
+            previous: Some(crate::handover::Handover {
+                attempt: 4_000_000_000,
+                step: u64::MAX,
+            }),
+            first_step_at_unix_ms: Some(1_700_000_002_000),
             ..Report::new(Some(7))
         }
     }
 
     #[test]
     fn report_fits_any_budget_and_keeps_what_the_operator_needs() {
-        for max in [64, 100, 200, 512, 1024, 3072, 4096] {
+        for max in [64, 100, 200, 256, 512, 1024, 3072, 4096] {
             for (path_len, skipped) in [(10, 0), (10, 40), (3000, 5), (100_000, 1)] {
                 let r = full_report(path_len, skipped);
                 let v = r.to_json_within(max);
@@ -464,6 +478,10 @@ mod tests {
                 if max >= 200 {
                     assert_eq!(back.last_step, Some(125), "{what}");
                     assert_eq!(back.signal_honoured, Some(false), "{what}");
+                }
+                if max >= 256 {
+                    let last = back.last_checkpoint.as_ref().expect(&what);
+                    assert_eq!((last.step, back.exit_code), (123, Some(0)), "{what}");
                 }
                 if max >= 512 {
                     let last = back.last_checkpoint.as_ref().expect(&what);
