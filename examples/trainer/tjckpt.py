@@ -311,6 +311,32 @@ class Checkpointer:
 
     # -- loading ----------------------------------------------------------
 
+    def scan_for_resume(self):
+        """Without the launcher (a batch/v1 Job, a JobSet): finds the newest
+        step-N checkpoint that is whole, the way the launcher would, and sets
+        resume_path and resume_step from it. A directory counts only if its
+        files match MANIFEST.json; temporaries (*.tmp) never count. Returns
+        the path, or None to start from scratch."""
+        if self.resume_path:
+            return self.resume_path
+        found = []
+        for name in os.listdir(self.dir):
+            base = name[: -len(".ckpt")] if name.endswith(".ckpt") else name
+            if base.startswith("step-") and base[5:].isdigit():
+                found.append((int(base[5:]), name))
+        for step, name in sorted(found, reverse=True):
+            path = os.path.join(self.dir, name)
+            try:
+                if os.path.isdir(path):
+                    self.load_dir(path)
+                elif not os.path.isfile(path):
+                    continue
+            except (OSError, ValueError, KeyError):
+                continue  # torn or foreign: an older one may be whole
+            self.resume_path, self.resume_step = path, step
+            return path
+        return None
+
     @staticmethod
     def load_file(path):
         with open(path, "rb") as f:

@@ -23,8 +23,14 @@ Settings come from flags or the environment (flag wins):
   --save-seconds TJ_SAVE_SECONDS  (0.0)   every save takes at least this long
   --always-save  TJ_ALWAYS_SAVE   (0)     save on stop even if it cannot fit
   --rendezvous-timeout TJ_RENDEZVOUS_TIMEOUT (600) seconds to wait for peers
+  --resume-scan  TJ_RESUME_SCAN   (0)     without the launcher: find the newest
+                                          whole checkpoint in the directory
+  --stop-exit-code TJ_STOP_EXIT_CODE (0)  exit status after a stop (and its save)
 Exit status: 0 done or stopped cleanly, 2 bad settings, 3 the ranks could not
 agree (a peer never arrived, or a stopped rank's deadline came first).
+Under a batch/v1 Job or a JobSet give --stop-exit-code 143: a trainer that
+exits 0 after its stop save tells the Job it is done, and the Job is marked
+Complete at whatever step the preemption came.
 Run it under the launcher:  launcher run -- python3 train.py
 """
 
@@ -57,6 +63,9 @@ def settings():
                    default=(env("TJ_ALWAYS_SAVE") or "0").strip() in ("1", "true", "yes", "on"))
     p.add_argument("--rendezvous-timeout", type=float,
                    default=float(env("TJ_RENDEZVOUS_TIMEOUT") or 600))
+    p.add_argument("--resume-scan", action="store_true",
+                   default=(env("TJ_RESUME_SCAN") or "0").strip() in ("1", "true", "yes", "on"))
+    p.add_argument("--stop-exit-code", type=int, default=int(env("TJ_STOP_EXIT_CODE") or 0))
     return p.parse_args()
 
 
@@ -157,6 +166,8 @@ def fail(code, msg):
 def main():
     s = settings()
     ck = tjckpt.Checkpointer(directory=s.checkpoint_dir)
+    if s.resume_scan:
+        ck.scan_for_resume()
     rv = None
     if ck.world_size > 1:
         if s.format != "dir":
@@ -247,7 +258,7 @@ def train(s, ck, rv):
                       flush=True)
         if stop:
             print(f"exiting after step {step}", flush=True)
-            return 0
+            return s.stop_exit_code
     finish(w, xs, ys, s.total_steps)
     return 0
 
