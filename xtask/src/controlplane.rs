@@ -55,21 +55,62 @@ pub fn kubectl(paths: &Paths) -> Result<Command> {
     Ok(cmd)
 }
 
+/// Where the API server writes its audit log: who made each request, by
+/// user agent and user, for `bench scale`'s requests per job.
+pub fn audit_log(paths: &Paths) -> PathBuf {
+    paths.logs().join("audit.log")
+}
+
+/// One line per request at Metadata level, health checks and leases left
+/// out; rotated at 200 MiB so that a long soak cannot fill the disk.
+fn audit_args(paths: &Paths) -> Result<Vec<String>> {
+    let policy = paths.state.join("audit-policy.yaml");
+    write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+         - level: None\n  nonResourceURLs: [\"/healthz*\", \"/readyz*\", \"/livez*\", \"/metrics\"]\n\
+         - level: None\n  resources: [{group: coordination.k8s.io, resources: [leases]}]\n\
+         - level: Metadata\n",
+    )?;
+    Ok(vec![
+        format!("--audit-policy-file={}", policy.display()),
+        format!("--audit-log-path={}", audit_log(paths).display()),
+        "--audit-log-maxsize=200".into(),
+        "--audit-log-maxbackup=1".into(),
+        "--audit-log-format=json".into(),
+    ])
+}
+
+/// A `kubectl` maker that threads can own: `Paths` stays with the caller.
+pub fn kubectl_maker(paths: &Paths) -> Result<impl Fn() -> Command + Clone + Send + 'static> {
+    let bin = k8s_bin(paths)?.join("kubectl");
+    let config = paths.kubeconfig();
+    Ok(move || {
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--kubeconfig").arg(&config);
+        cmd
+    })
+}
+
 pub fn up(paths: &Paths) -> Result<()> {
     let started = Instant::now();
     let k8s = k8s_bin(paths)?;
     let etcd = binaries::etcd(&paths.cache)?;
     ensure_pki(paths)?;
-    let current = ensure_serving_cert(paths)? && apiserver_reachable_from_pods(paths);
+    // An API server from an older xtask may write no audit log.
+    let current = ensure_serving_cert(paths)?
+        && apiserver_reachable_from_pods(paths)
+        && audit_log(paths).exists();
     if current && DAEMONS.iter().all(|d| daemon::alive(paths, d)) && api_ready(paths) {
         step("control plane already up");
         return Ok(());
     }
     if !current && daemon::alive(paths, "kube-apiserver") {
-        // Started by an older xtask, on loopback only or with a certificate
-        // that does not name the pods' address for it. etcd keeps every
+        // Started by an older xtask: on loopback only, with a certificate
+        // that does not name the pods' address for it, or without the
+        // audit log. etcd keeps every
         // object, so a restart costs clients one reconnect.
-        step("restarting kube-apiserver so that pods can reach it");
+        step("restarting kube-apiserver with the current settings");
         daemon::stop(paths, "kube-apiserver", Duration::from_secs(20))?;
     }
 
@@ -129,7 +170,8 @@ pub fn up(paths: &Paths) -> Result<()> {
         "--enable-priority-and-fairness=false",
         "--profiling=false",
         "--v=1",
-    ]);
+    ])
+    .args(audit_args(paths)?);
     daemon::spawn(paths, "kube-apiserver", cmd)?;
     write_kubeconfig(paths, &paths.kubeconfig(), "admin")?;
     wait_for("kube-apiserver /readyz", Duration::from_secs(120), || {
@@ -193,21 +235,24 @@ pub fn up(paths: &Paths) -> Result<()> {
 
 /// `kubectl apply -f -` of `manifest`, in `namespace` when given.
 pub fn kubectl_apply(paths: &Paths, namespace: Option<&str>, manifest: &str) -> Result<()> {
-    use std::io::Write;
-    let mut cmd = kubectl(paths)?;
+    apply_with(kubectl(paths)?, namespace, manifest.as_bytes())
+}
+
+/// `kubectl apply` of one object, with a kubectl from [`kubectl_maker`].
+pub fn apply_json<K: Fn() -> Command>(
+    kubectl: &K,
+    namespace: Option<&str>,
+    object: &serde_json::Value,
+) -> Result<()> {
+    apply_with(kubectl(), namespace, object.to_string().as_bytes())
+}
+
+fn apply_with(mut cmd: Command, namespace: Option<&str>, manifest: &[u8]) -> Result<()> {
     if let Some(ns) = namespace {
         cmd.args(["-n", ns]);
     }
-    let mut child = cmd
-        .args(["apply", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(manifest.as_bytes())?;
-    anyhow::ensure!(child.wait()?.success(), "kubectl apply failed");
+    let status = crate::util::run_with_input(cmd.args(["apply", "-f", "-"]), manifest)?;
+    anyhow::ensure!(status.success(), "kubectl apply failed");
     Ok(())
 }
 

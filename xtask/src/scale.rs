@@ -1,9 +1,13 @@
-//! `cargo xtask bench scale --jobs N`: the operator's cost at N jobs, on kwok
-//! nodes (fake nodes whose pods kwok marks Running without running them).
-//! N TrainingJobs of 1 to 8 ranks; printed, never asserted:
-//! - the operator's peak RSS and CPU seconds while it brings them all up;
-//! - reconcile p50 and p99, from its own histogram;
-//! - one preemption injected at N jobs: pod deleted -> next attempt's pod;
+//! `cargo xtask bench scale --jobs N`: a controller's cost at N jobs, on
+//! kwok nodes (fake nodes whose pods kwok marks Running without running
+//! them). N jobs of 1 to 8 ranks as TrainingJobs, then the same as JobSets
+//! and as Indexed Jobs; printed, never asserted:
+//! - the controller's peak RSS and CPU seconds while it brings them all up
+//!   (for Jobs, kube-controller-manager's, which runs other controllers too);
+//! - API requests per job by the controller, from the API server's audit log;
+//! - one preemption injected at N jobs: pod deleted -> replacement created,
+//!   and the requests made meanwhile;
+//! - the operator's reconcile p50 and p99, from its own histogram;
 //! - a restart of the operator at N jobs: time until it has reconciled
 //!   every job again, its peak RSS, and the API server's and etcd's.
 
@@ -24,41 +28,118 @@ const METRICS: &str = "http://127.0.0.1:18080/metrics";
 const SIZES: [u32; 7] = [1, 1, 1, 2, 2, 4, 8];
 const PODS_PER_FAKE_NODE: u32 = 100;
 
-pub fn scale(paths: &Paths, jobs: u32) -> Result<()> {
+/// The controller under load: the operator, or a peer given the same jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum System {
+    Trainingjob,
+    Jobset,
+    Job,
+}
+
+impl System {
+    /// The process that does the work, and its client in the audit log.
+    fn controller(self) -> (&'static str, &'static str) {
+        match self {
+            System::Trainingjob => (OPERATOR, "trainingjob-operator"),
+            System::Jobset => ("jobset", "jobset"),
+            System::Job => (
+                "kube-controller-manager",
+                "kube-controller-manager (job-controller)",
+            ),
+        }
+    }
+
+    /// Selects the pods of job i.
+    fn selector(self, i: u32) -> String {
+        match self {
+            System::Trainingjob => format!("trainingjob.dev/job=j{i}"),
+            System::Jobset => format!("{}=j{i}", crate::jobset::JOBSET_NAME_LABEL),
+            System::Job => format!("batch.kubernetes.io/job-name=j{i}"),
+        }
+    }
+}
+
+pub fn scale(paths: &Paths, jobs: u32, systems: &[System]) -> Result<()> {
     let pods: u32 = (0..jobs).map(|i| SIZES[(i % 7) as usize]).sum();
     crate::cluster_up(paths, false)?;
     crate::node::fake_nodes(paths, pods.div_ceil(PODS_PER_FAKE_NODE) + 1)?;
     crate::test::install_crd(paths)?;
-    fresh_namespace(paths)?;
-    start_operator(paths, NAMESPACE)?;
-    let pid = daemon::pid(paths, OPERATOR).context("the operator's pid")?;
+    for &system in systems {
+        fresh_namespace(paths)?;
+        if system == System::Trainingjob {
+            start_operator(paths, NAMESPACE)?;
+        }
+        measure(paths, system, jobs, pods)?;
+        if system == System::Trainingjob {
+            restart(paths, jobs)?;
+        }
+        cleanup(paths)?;
+    }
+    Ok(())
+}
+
+/// N jobs of one system: the time until every pod runs, its controller's
+/// peak RSS and CPU, API requests per job, and one preemption at N jobs.
+fn measure(paths: &Paths, system: System, jobs: u32, pods: u32) -> Result<()> {
+    let (process, client) = system.controller();
+    let pid = daemon::pid(paths, process).with_context(|| format!("{process}'s pid"))?;
+    let cpu0 = cpu_seconds(pid);
     let peak = Peaks::sample(paths, pid);
-    let t0 = Instant::now();
-    create_jobs(paths, jobs)?;
+    let (t0, since) = (Instant::now(), now());
+    create_jobs(paths, system, jobs)?;
     wait_for(
-        &format!("all {jobs} jobs Running"),
-        Duration::from_secs(60 + u64::from(jobs) / 2),
-        || metric_sum("trainingjob_transitions_total{reason=\"Running\"}") >= f64::from(jobs),
+        &format!("all {pods} pods of {jobs} {system:?}s Running"),
+        Duration::from_secs(120 + u64::from(pods) / 2),
+        || running_pods(paths) >= pods,
     )?;
     let up = t0.elapsed();
-    let cpu = cpu_seconds(pid);
-    let (p50, p99) = reconcile_quantiles();
-    if p50.is_nan() || p99.is_nan() {
-        bail!("the operator's /metrics has no reconcile histogram");
-    }
-    let resume = inject_preemption(paths)?;
+    let created = crate::audit::requests_by_client(paths, since, now());
+    let cpu = cpu_seconds(pid) - cpu0;
+    let (resume, during) = inject_preemption(paths, system)?;
     let (rss, api, etcd) = peak.finish();
+    let per_job = |c: &std::collections::BTreeMap<String, u64>| {
+        c.get(client).copied().unwrap_or(0) as f64 / f64::from(jobs)
+    };
     println!(
-        "scale {jobs} jobs ({pods} pods): all Running in {:.1}s; operator peak RSS {} MiB, {cpu:.1} CPU s; \
-         reconcile p50 {p50:.1} ms, p99 {p99:.1} ms; preemption at {jobs} jobs: pod deleted -> next pod {resume:.0} ms; \
-         peak RSS API server {} MiB, etcd {} MiB",
+        "scale {system:?} {jobs} jobs ({pods} pods): all Running in {:.1}s; {process} peak RSS {} MiB, {cpu:.1} CPU s; \
+         {:.1} API requests per job ({client}); preemption at {jobs} jobs: pod deleted -> replacement created {resume:.0} ms, \
+         {} requests by {client}; peak RSS API server {} MiB, etcd {} MiB",
         up.as_secs_f64(),
         rss >> 20,
+        per_job(&created),
+        during.get(client).copied().unwrap_or(0),
         api >> 20,
         etcd >> 20
     );
-    restart(paths, jobs)?;
-    cleanup(paths)
+    if system == System::Trainingjob {
+        let (p50, p99) = reconcile_quantiles();
+        if p50.is_nan() || p99.is_nan() {
+            bail!("the operator's /metrics has no reconcile histogram");
+        }
+        println!("scale Trainingjob {jobs} jobs: reconcile p50 {p50:.1} ms, p99 {p99:.1} ms (bucket bounds)");
+    }
+    Ok(())
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Pods in the namespace the kubelet (kwok) reports Running.
+fn running_pods(paths: &Paths) -> u32 {
+    output(kubectl(paths).unwrap().args([
+        "get",
+        "pods",
+        "-n",
+        NAMESPACE,
+        "--field-selector=status.phase=Running",
+        "-o",
+        "name",
+        "--chunk-size=1000",
+    ]))
+    .map_or(0, |s| s.lines().count() as u32)
 }
 
 fn fresh_namespace(paths: &Paths) -> Result<()> {
@@ -71,52 +152,97 @@ fn fresh_namespace(paths: &Paths) -> Result<()> {
     )
 }
 
-fn job(i: u32) -> serde_json::Value {
+/// The pod template every system gets: a trainer placed on kwok's nodes.
+fn pod_spec() -> serde_json::Value {
     let (key, value) = crate::node::FAKE_NODE_MARK;
     serde_json::json!({
-        "apiVersion": "trainingjob.dev/v1alpha1", "kind": "TrainingJob",
+        "nodeSelector": {"type": "kwok"},
+        "tolerations": [{"key": key, "value": value, "effect": "NoSchedule"}],
+        "containers": [{"name": "trainer", "image": "localhost/tjo-trainer:dev",
+            "command": ["python3", "/opt/trainer/train.py"],
+            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]
+    })
+}
+
+fn job(system: System, i: u32) -> serde_json::Value {
+    let ranks = SIZES[(i % 7) as usize];
+    let mut restart_never = pod_spec();
+    restart_never["restartPolicy"] = "Never".into();
+    // Inside a JobSet a failed pod fails its Job at once, for the set to
+    // restart; a plain Job replaces the pod itself.
+    let indexed = |backoff_limit: u32| {
+        serde_json::json!({
+            "completions": ranks, "parallelism": ranks, "completionMode": "Indexed",
+            "backoffLimit": backoff_limit, "template": {"spec": restart_never},
+        })
+    };
+    let (api, kind, spec) = match system {
+        System::Trainingjob => (
+            "trainingjob.dev/v1alpha1",
+            "TrainingJob",
+            serde_json::json!({
+                "replicas": ranks, "checkpoint": {"claimName": "ckpt"}, "template": {"spec": pod_spec()},
+            }),
+        ),
+        System::Jobset => (
+            "jobset.x-k8s.io/v1alpha2",
+            "JobSet",
+            serde_json::json!({
+                "failurePolicy": {"maxRestarts": 100},
+                "replicatedJobs": [{"name": "w", "replicas": 1, "template": {"spec": indexed(0)}}],
+            }),
+        ),
+        System::Job => ("batch/v1", "Job", indexed(6)),
+    };
+    serde_json::json!({
+        "apiVersion": api, "kind": kind,
         "metadata": {"name": format!("j{i}"), "namespace": NAMESPACE},
-        "spec": {
-            "replicas": SIZES[(i % 7) as usize],
-            "checkpoint": {"claimName": "ckpt"},
-            "template": {"spec": {
-                "nodeSelector": {"type": "kwok"},
-                "tolerations": [{"key": key, "value": value, "effect": "NoSchedule"}],
-                "containers": [{"name": "trainer", "image": "localhost/tjo-trainer:dev",
-                    "command": ["python3", "/opt/trainer/train.py"],
-                    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]
-            }}
-        }
+        "spec": spec,
     })
 }
 
 /// Server-side apply in lists of 500: one request per list item, as a
 /// user's `kubectl apply -f dir/` would make.
-fn create_jobs(paths: &Paths, jobs: u32) -> Result<()> {
-    step(format!("creating {jobs} TrainingJobs"));
+fn create_jobs(paths: &Paths, system: System, jobs: u32) -> Result<()> {
+    step(format!("creating {jobs} {system:?}s"));
     for chunk in (0..jobs).collect::<Vec<_>>().chunks(500) {
-        let items: Vec<serde_json::Value> = chunk.iter().map(|i| job(*i)).collect();
+        let items: Vec<serde_json::Value> = chunk.iter().map(|i| job(system, *i)).collect();
         let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
         crate::controlplane::kubectl_apply(paths, Some(NAMESPACE), &list.to_string())?;
     }
     Ok(())
 }
 
-/// Deletes job 0's rank-0 pod and times the next attempt's pod appearing.
-fn inject_preemption(paths: &Paths) -> Result<f64> {
-    let t = Instant::now();
+fn pod_names(paths: &Paths, selector: &str) -> Vec<String> {
+    output(
+        kubectl(paths)
+            .unwrap()
+            .args(["get", "pods", "-n", NAMESPACE, "-l", selector, "-o", "name"]),
+    )
+    .map(|s| s.lines().map(str::to_string).collect())
+    .unwrap_or_default()
+}
+
+/// Deletes job 0's first pod and times a replacement appearing; returns
+/// the milliseconds and the API requests made meanwhile, by client.
+fn inject_preemption(
+    paths: &Paths,
+    system: System,
+) -> Result<(f64, std::collections::BTreeMap<String, u64>)> {
+    let selector = system.selector(0);
+    let before = pod_names(paths, &selector);
+    let victim = before.first().context("job 0 has no pod")?.clone();
+    let (t, since) = (Instant::now(), now());
     run(kubectl(paths)?
-        .args(["delete", "pod", "-n", NAMESPACE, "j0-a1-r0", "--wait=false"])
+        .args(["delete", "-n", NAMESPACE, &victim, "--wait=false"])
         .stdout(Stdio::null()))?;
-    wait_for("j0's next attempt", Duration::from_secs(120), || {
-        output(
-            kubectl(paths)
-                .unwrap()
-                .args(["get", "pod", "-n", NAMESPACE, "j0-a2-r0", "-o", "name"]),
-        )
-        .is_ok_and(|s| !s.trim().is_empty())
+    wait_for("j0's replacement pod", Duration::from_secs(120), || {
+        pod_names(paths, &selector)
+            .iter()
+            .any(|p| !before.contains(p))
     })?;
-    Ok(t.elapsed().as_secs_f64() * 1000.0)
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    Ok((ms, crate::audit::requests_by_client(paths, since, now())))
 }
 
 /// Kills the operator at N jobs and starts it again: how long until it has

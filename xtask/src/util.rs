@@ -89,6 +89,21 @@ pub fn succeeds(cmd: &mut Command) -> bool {
         .unwrap_or(false)
 }
 
+/// Runs a command with `input` on its standard input.
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Result<std::process::ExitStatus> {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    child
+        .stdin
+        .take()
+        .context("piped stdin")?
+        .write_all(input)?;
+    Ok(child.wait()?)
+}
+
 /// Polls `check` until it returns true or `timeout` passes.
 pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + timeout;
@@ -144,4 +159,27 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .stdin(Stdio::null()))
     .with_context(|| format!("could not install {}", missing.join(" ")))
+}
+
+/// `2026-12-01T20:21:00.123456789Z` (RFC 3339 in UTC, as the kubelet
+/// writes it) as Unix seconds.
+pub fn unix_seconds(stamp: &str) -> Option<f64> {
+    let s = stamp.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.splitn(3, ':');
+    let (h, min) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let sec = t.next()?.parse::<f64>().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3600 + min * 60) as f64 + sec)
 }
