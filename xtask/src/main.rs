@@ -1,17 +1,24 @@
 //! Developer commands: `cargo xtask <command>`. See the README.
 
+mod audit;
 mod bench;
 mod binaries;
 mod containerd;
 mod controlplane;
 mod daemon;
 mod demo;
+mod disrupt;
 mod helm;
 mod images;
 mod jobset;
 mod kueue;
 mod lifetimes;
 mod node;
+mod peers;
+mod peers_manifests;
+mod peers_report;
+mod plot;
+mod podlogs;
 mod release;
 mod scale;
 mod test;
@@ -100,6 +107,18 @@ enum BenchCmd {
     Scale {
         #[arg(long, default_value_t = 1000)]
         jobs: u32,
+        /// Which controllers to load, one after the other (default: all).
+        #[arg(long, value_enum, num_args = 1..)]
+        system: Vec<scale::System>,
+    },
+    /// The same trainer and preemptions under a Job, a JobSet and a TrainingJob.
+    Peers {
+        /// Scenario (a) only, shorter, two disruptions: what `cargo xtask test` runs.
+        #[arg(long)]
+        quick: bool,
+        /// Seeds the schedule of disruptions (kinds, gaps, ranks).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
 }
 
@@ -190,7 +209,15 @@ fn main() -> Result<()> {
         Cmd::Demo => demo::run_demo(&paths),
         Cmd::Bench { what } => match what {
             BenchCmd::Resume { rounds } => bench::resume(&paths, rounds),
-            BenchCmd::Scale { jobs } => scale::scale(&paths, jobs),
+            BenchCmd::Scale { jobs, system } => {
+                let all = [
+                    scale::System::Trainingjob,
+                    scale::System::Jobset,
+                    scale::System::Job,
+                ];
+                scale::scale(&paths, jobs, if system.is_empty() { &all } else { &system })
+            }
+            BenchCmd::Peers { quick, seed } => peers::run(&paths, quick, seed),
         },
     }
 }

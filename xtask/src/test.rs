@@ -81,14 +81,16 @@ pub fn run_all(paths: &Paths) -> Result<()> {
 /// A quick run of every benchmark, so that none can rot: each must complete
 /// and print its figures; the figures themselves are never asserted.
 fn quick_benches(paths: &Paths) -> Result<()> {
-    step("quick benchmarks: cargo bench -p launcher, bench resume, bench scale");
+    step("quick benchmarks: cargo bench -p launcher, bench resume, bench scale, bench peers");
     run(Command::new("cargo")
         .current_dir(&paths.root)
         .env("TJO_BENCH_QUICK", "1")
         .args(["bench", "--quiet", "-p", "launcher"]))
     .context("the launcher's benchmark")?;
     crate::bench::resume(paths, 2).context("bench resume")?;
-    crate::scale::scale(paths, 100).context("bench scale")
+    use crate::scale::System::*;
+    crate::scale::scale(paths, 100, &[Trainingjob, Jobset, Job]).context("bench scale")?;
+    crate::peers::run(paths, true, 1).context("bench peers --quick")
 }
 
 /// Server-side apply: the CRD embeds a whole PodTemplateSpec schema, which is

@@ -1,0 +1,104 @@
+//! The PNG `bench peers` draws: rank 0's step over time for each workload,
+//! one panel per batch, with the disruptions as vertical lines. A drop in a
+//! line is work redone: the trainer went back to its checkpoint.
+
+use crate::peers::{Applied, Outcome, Scenario};
+use anyhow::{anyhow, Context, Result};
+use plotters::prelude::*;
+use std::path::Path;
+
+const FONT_PATHS: [&str; 2] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+];
+
+/// One panel per batch: `batches[i]` are the outcomes of the i-th batch and
+/// `applied[i]` its disruptions.
+pub fn steps_over_time(
+    png: &Path,
+    sc: &Scenario,
+    batches: &[Vec<Outcome>],
+    applied: &[Vec<Applied>],
+) -> Result<()> {
+    register_font()?;
+    let root = BitMapBackend::new(png, (1200, 480 * batches.len() as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let panels = root.split_evenly((batches.len(), 1));
+    for (i, panel) in panels.iter().enumerate() {
+        draw_panel(panel, sc, &batches[i], &applied[i], i + 1)
+            .map_err(|e| anyhow!("drawing {}: {e}", png.display()))?;
+    }
+    root.present()
+        .map_err(|e| anyhow!("writing {}: {e}", png.display()))
+}
+
+type Panel<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+fn draw_panel(
+    panel: &Panel,
+    sc: &Scenario,
+    outcomes: &[Outcome],
+    applied: &[Applied],
+    batch: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let x_max = outcomes
+        .iter()
+        .flat_map(|o| o.curve.last())
+        .map(|p| p.0)
+        .fold(10.0, f64::max)
+        * 1.05;
+    let y_max = sc.steps as f64 * 1.05;
+    let mut chart = ChartBuilder::on(panel)
+        .caption(
+            format!(
+                "scenario {}, batch {batch}: save {} s, notice {} s",
+                sc.name, sc.save_seconds, sc.notice_seconds
+            ),
+            ("sans-serif", 22),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the workloads were created")
+        .y_desc("step (rank 0)")
+        .draw()?;
+    for a in applied {
+        chart.draw_series(LineSeries::new(
+            [(a.offset, 0.0), (a.offset, y_max)],
+            BLACK.mix(0.35),
+        ))?;
+    }
+    for (i, o) in outcomes.iter().enumerate() {
+        let colour = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                o.curve.iter().map(|&(t, s)| (t, s as f64)),
+                colour.stroke_width(2),
+            ))?
+            .label(o.name.as_str())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
+    Ok(())
+}
+
+/// The text needs a TrueType font; fonts-dejavu-core is installed if none
+/// of the usual paths has one.
+fn register_font() -> Result<()> {
+    let find = || FONT_PATHS.iter().find(|p| Path::new(p).exists());
+    if find().is_none() {
+        crate::util::apt_install(&["fonts-dejavu-core"])?;
+    }
+    let path = find().context("no DejaVuSans.ttf after installing fonts-dejavu-core")?;
+    let bytes: &'static [u8] = Box::leak(std::fs::read(path)?.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+        .map_err(|_| anyhow!("{path} is not a font plotters can read"))
+}
