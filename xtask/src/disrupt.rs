@@ -139,7 +139,7 @@ fn create_preemptor<K: Fn() -> Command>(kubectl: &K, ns: &str) -> Result<()> {
                 "name": "c",
                 "image": crate::images::TRAINER_IMAGE,
                 "imagePullPolicy": "Never",
-                "command": ["sleep", "3600"],
+                "command": ["python3", "-c", "import time; time.sleep(3600)"],
                 "resources": {"limits": {"nvidia.com/gpu": 8}},
             }],
         },

@@ -209,6 +209,9 @@ pub struct Outcome {
     pub grace: String,
     /// Creation to the final step, seconds; None if it never got there.
     pub wall: Option<f64>,
+    /// Creation to the first step: what the system costs before any
+    /// disruption (Job and JobSet create their pods through a Job).
+    pub start: Option<f64>,
     pub steps_redone: u64,
     pub failures: i64,
     pub restarts: usize,
@@ -530,6 +533,7 @@ fn outcome<K: Fn() -> Command>(
         ranks: w.ranks,
         grace: w.grace_text(),
         wall: final_line.map(|l| l.at - created),
+        start: first_step(logs, &w.name).map(|t| t - created),
         steps_redone: trained.saturating_sub(sc.steps),
         failures: failures(k, w),
         restarts: rank0(logs, &w.name).count().saturating_sub(1),

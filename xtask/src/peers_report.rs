@@ -7,8 +7,8 @@ pub fn print(sc: &Scenario, seed: u64, outcomes: &[Outcome], applied: &[Vec<Appl
         "\n### Scenario {}: save {} s, notice {} s, {} steps of {} s, a checkpoint every {} steps (seed {seed})\n",
         sc.name, sc.save_seconds, sc.notice_seconds, sc.steps, sc.step_seconds, sc.ckpt_every
     );
-    println!("| workload | ranks | grace | wall to {} steps | goodput | vs TrainingJob | steps redone | counted as failures | restarts | disruption -> training p50 / p99 | final weights = uninterrupted |", sc.steps);
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| workload | ranks | grace | created -> first step | wall to {} steps | goodput | vs TrainingJob | steps redone | counted as failures | restarts | disruption -> training p50 / p99 | final weights = uninterrupted |", sc.steps);
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for o in outcomes {
         print_row(sc, o, outcomes);
     }
@@ -45,8 +45,9 @@ fn print_row(sc: &Scenario, o: &Outcome, all: &[Outcome]) {
         .zip(tj)
         .map_or("-".into(), |(w, t)| format!("{:.2}x", w / t));
     let (p50, p99) = quantiles(&o.resumes);
+    let start = o.start.map_or("-".into(), |s| format!("{s:.1} s"));
     println!(
-        "| {} | {} | {} | {wall} | {goodput} | {ratio} | {} | {} | {} | {p50} / {p99} | {} |",
+        "| {} | {} | {} | {start} | {wall} | {goodput} | {ratio} | {} | {} | {} | {p50} / {p99} | {} |",
         o.name,
         o.ranks,
         o.grace,
