@@ -66,10 +66,10 @@ fn draw_panel(
         .y_desc("step (rank 0)")
         .draw()?;
     for a in applied {
-        chart.draw_series(LineSeries::new(
-            [(a.offset, 0.0), (a.offset, y_max)],
-            BLACK.mix(0.35),
-        ))?;
+        let line = LineSeries::new([(a.offset, 0.0), (a.offset, y_max)], BLACK.stroke_width(2));
+        chart.draw_series(line)?;
+        let label = Text::new(a.kind.name(), (a.offset, y_max * 0.985), ("sans-serif", 14));
+        chart.draw_series([label])?;
     }
     for (i, o) in outcomes.iter().enumerate() {
         let colour = Palette99::pick(i).to_rgba();
@@ -101,4 +101,45 @@ fn register_font() -> Result<()> {
     let bytes: &'static [u8] = Box::leak(std::fs::read(path)?.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
         .map_err(|_| anyhow!("{path} is not a font plotters can read"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peers::{System, FITS};
+
+    #[test]
+    fn draws_a_png_with_a_panel_per_batch() {
+        let outcome = |name: &str| Outcome {
+            name: name.into(),
+            system: System::TrainingJob,
+            ranks: 1,
+            grace: String::new(),
+            wall: Some(10.0),
+            start: Some(1.0),
+            steps_redone: 0,
+            failures: 0,
+            restarts: 0,
+            resumes: vec![],
+            final_matches: true,
+            curve: (0..100)
+                .map(|i| (f64::from(i) / 10.0, i as u64 * 30))
+                .collect(),
+        };
+        let applied = |offset| Applied {
+            kind: crate::disrupt::Kind::Drain,
+            at: 0.0,
+            offset,
+            hit: Default::default(),
+        };
+        let png = std::env::temp_dir().join(format!("tjo-plot-{}.png", std::process::id()));
+        let batches = [
+            vec![outcome("tj-1r"), outcome("job-1r")],
+            vec![outcome("tj-2r")],
+        ];
+        steps_over_time(&png, &FITS, &batches, &[vec![applied(4.0)], vec![]]).unwrap();
+        let bytes = std::fs::read(&png).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
+        let _ = std::fs::remove_file(&png);
+    }
 }
