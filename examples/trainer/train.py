@@ -194,6 +194,26 @@ def main():
         return fail(3, f"rendezvous: rank {ck.rank}: {e}; exiting without saving")
 
 
+def stopped_during_save(ck, rv, step):
+    """A stop signal that arrived while a periodic save ran: this step is
+    saved, so stop here rather than train a step the next attempt would redo
+    (and then find too little time left to save it). The ranks vote, as on
+    every step, so that all of them stop at this step or none does."""
+    stop_by = [(ck.rank, ck.stop_signal)] if ck.stop_requested else []
+    if rv is not None:
+        votes = rv.all_gather(f"after save {step}", ck.stop_signal)
+        stop_by = [(r, sig) for r, sig in enumerate(votes) if sig]
+    if not stop_by:
+        return False
+    peer, sig = stop_by[0]
+    if ck.stop_requested:
+        print(f"stop: {ck.stop_signal} during the save of step {step}", flush=True)
+    else:
+        print(f"stop: {sig} from rank {peer} during the save of step {step}", flush=True)
+        ck.step_done(step, peer_stop={"rank": peer, "signal": sig})
+    return True
+
+
 def train(s, ck, rv):
     xs, ys = dataset(s.seed)
     w, v, start = [0.0] * DIM, [0.0] * DIM, 0
@@ -256,6 +276,8 @@ def train(s, ck, rv):
                 why = "SIGUSR1" if usr1 else stop_by[0][1] if stop else "interval"
                 print(f"saved step {step} ({why}) to {path} in {ck.last_save_seconds:.4f}s",
                       flush=True)
+                if not stop and step < s.total_steps:
+                    stop = stopped_during_save(ck, rv, step)
         if stop:
             print(f"exiting after step {step}", flush=True)
             return s.stop_exit_code

@@ -531,7 +531,12 @@ fn outcome<K: Fn() -> Command>(
         name: w.name.clone(),
         system: w.system,
         ranks: w.ranks,
-        grace: w.grace_text(),
+        grace: match w.system {
+            System::TrainingJob => {
+                format!("sized by the operator: {} s at the end", sized_grace(k, w))
+            }
+            _ => w.grace_text(),
+        },
         wall: final_line.map(|l| l.at - created),
         start: first_step(logs, &w.name).map(|t| t - created),
         steps_redone: trained.saturating_sub(sc.steps),
@@ -545,6 +550,21 @@ fn outcome<K: Fn() -> Command>(
         final_matches: final_line.is_some_and(|l| l.text == reference),
         curve,
     }
+}
+
+/// The grace period the operator last set (status.gracePeriodSeconds).
+fn sized_grace<K: Fn() -> Command>(k: &K, w: &Workload) -> String {
+    let object = format!("trainingjob/{}", w.name);
+    output(k().args([
+        "get",
+        &object,
+        "-n",
+        NS,
+        "-o",
+        "jsonpath={.status.gracePeriodSeconds}",
+    ]))
+    .map(|s| s.trim().to_string())
+    .unwrap_or_else(|_| "?".into())
 }
 
 /// What the system itself counts as failures: a Job's failed pods (those
