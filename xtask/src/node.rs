@@ -687,6 +687,30 @@ fn kwok_binary(paths: &Paths) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// kwok's own pod stages but the one that completes pods owned by a Job:
+/// a training job's pods run until they are taken away, and a bench that
+/// loads JobSets and Jobs on kwok needs them Running like the operator's.
+/// Read from kwok's module source at run time. A kwok started with other
+/// stages is restarted.
+fn kwok_config(paths: &Paths) -> Result<PathBuf> {
+    let stages =
+        crate::webhooks::module_source("sigs.k8s.io/kwok", KWOK)?.join("kustomize/stage/pod/fast");
+    let mut config = String::new();
+    for name in ["pod-ready.yaml", "pod-delete.yaml"] {
+        let path = stages.join(name);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        config.push_str("---\n");
+        config.push_str(&text);
+    }
+    let file = paths.state.join("kwok-config.yaml");
+    if std::fs::read_to_string(&file).ok().as_deref() != Some(config.as_str()) {
+        daemon::stop(paths, "kwok", Duration::from_secs(10))?;
+        crate::util::write(&file, &config)?;
+    }
+    Ok(file)
+}
+
 /// `--fake-nodes N`: N nodes named `tjo-fake-<i>` that kwok keeps Ready,
 /// each with 32 CPUs, 256Gi and 8 GPUs, tainted and labelled `type=kwok`
 /// so only pods that ask for them land there (kwok marks those Running
@@ -706,7 +730,8 @@ pub fn fake_nodes(paths: &Paths, count: u32) -> Result<()> {
             "--cidr=10.86.0.0/16",
             "--node-ip=10.86.0.1",
             "--node-lease-duration-seconds=40",
-        ]);
+        ])
+        .arg(format!("--config={}", kwok_config(paths)?.display()));
     daemon::spawn(paths, "kwok", cmd)?;
 
     let nodes: Vec<serde_json::Value> = (0..count)
