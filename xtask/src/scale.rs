@@ -111,6 +111,14 @@ fn measure(paths: &Paths, system: System, jobs: u32, pods: u32) -> Result<()> {
         api >> 20,
         etcd >> 20
     );
+    println!(
+        "  requests while creating, per job: {}",
+        by_client(&created, f64::from(jobs))
+    );
+    println!(
+        "  requests during the preemption: {}",
+        by_client(&during, 1.0)
+    );
     if system == System::Trainingjob {
         let (p50, p99) = reconcile_quantiles();
         if p50.is_nan() || p99.is_nan() {
@@ -119,6 +127,17 @@ fn measure(paths: &Paths, system: System, jobs: u32, pods: u32) -> Result<()> {
         println!("scale Trainingjob {jobs} jobs: reconcile p50 {p50:.1} ms, p99 {p99:.1} ms (bucket bounds)");
     }
     Ok(())
+}
+
+/// Every client's count over `per`, the largest first: for a JobSet the
+/// pods come from kube-controller-manager's job controller, not JobSet's.
+fn by_client(counts: &std::collections::BTreeMap<String, u64>, per: f64) -> String {
+    let mut v: Vec<(&String, &u64)> = counts.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1));
+    v.iter()
+        .map(|(c, n)| format!("{c} {:.1}", **n as f64 / per))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn now() -> f64 {
