@@ -11,10 +11,11 @@ use std::io::{BufRead, BufReader};
 /// service account), since it runs every built-in controller in one process.
 pub fn requests_by_client(paths: &Paths, from: f64, to: f64) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
-    let Ok(file) = std::fs::File::open(crate::controlplane::audit_log(paths)) else {
-        return counts;
-    };
-    for line in BufReader::new(file).lines().map_while(|l| l.ok()) {
+    for line in log_files(paths)
+        .into_iter()
+        .filter_map(|f| std::fs::File::open(f).ok())
+        .flat_map(|f| BufReader::new(f).lines().map_while(|l| l.ok()))
+    {
         let Ok(event) = serde_json::from_str::<Value>(&line) else {
             continue;
         };
@@ -29,6 +30,26 @@ pub fn requests_by_client(paths: &Paths, from: f64, to: f64) -> BTreeMap<String,
         }
     }
     counts
+}
+
+/// The log and its rotated backup (`audit-<time>.log`), which holds the
+/// start of a window the rotation cut.
+fn log_files(paths: &Paths) -> Vec<std::path::PathBuf> {
+    let log = crate::controlplane::audit_log(paths);
+    let dir = log.parent().map(|d| d.to_path_buf()).unwrap_or_default();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("audit") && n.ends_with(".log"))
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 fn client(event: &Value) -> String {
