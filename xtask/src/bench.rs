@@ -135,6 +135,11 @@ spec:
 /// An empty namespace `ns` with a volume provisioned for its claim `ckpt`:
 /// a namespace left from an earlier run still holds that run's jobs.
 pub fn fresh_namespace(paths: &Paths, ns: &str, mode: &str) -> Result<()> {
+    fresh_namespace_with(paths, ns, &[("ckpt", mode)])
+}
+
+/// The same, with a volume for each (claim, access mode).
+pub fn fresh_namespace_with(paths: &Paths, ns: &str, claims: &[(&str, &str)]) -> Result<()> {
     let _ = output(kubectl(paths)?.args([
         "delete",
         "namespace",
@@ -145,7 +150,9 @@ pub fn fresh_namespace(paths: &Paths, ns: &str, mode: &str) -> Result<()> {
     run(kubectl(paths)?
         .args(["create", "namespace", ns])
         .stdout(Stdio::null()))?;
-    provision_volume(paths, ns, "ckpt", mode)
+    claims
+        .iter()
+        .try_for_each(|(claim, mode)| provision_volume(paths, ns, claim, mode))
 }
 
 fn jsonpath(paths: &Paths, path: &str) -> String {

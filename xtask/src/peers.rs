@@ -22,12 +22,12 @@
 use crate::controlplane::{apply_json, kubectl_maker};
 use crate::disrupt::{self, Kind};
 use crate::podlogs::{PodLog, PodLogs};
-use crate::util::{output, step, wait_for, Paths};
+use crate::util::{output, step, unix_now, wait_for, Paths};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 const NS: &str = "peers";
 
@@ -284,7 +284,7 @@ fn run_batch(
     prepare_namespace(paths, batch)?;
     crate::demo::start_operator(paths, NS)?;
     let logs = PodLogs::follow(k.clone(), NS, "bench=peers")?;
-    let created = now();
+    let created = unix_now();
     for w in batch {
         for object in crate::peers_manifests::objects(sc, w) {
             apply_json(&k, Some(NS), &object)?;
@@ -368,7 +368,7 @@ where
     if pods.is_empty() {
         return Ok(None);
     }
-    let at = now();
+    let at = unix_now();
     step(format!("{} of {}", planned.kind.name(), pods.join(", ")));
     let notice = Duration::from_secs(u64::from(sc.notice_seconds));
     let aftermath = disrupt::apply(k, NS, planned.kind, &pods, notice)?;
@@ -420,20 +420,13 @@ fn targets<K: Fn() -> Command>(
 }
 
 fn prepare_namespace(paths: &Paths, batch: &[Workload]) -> Result<()> {
-    let k = kubectl_maker(paths)?;
-    let _ = output(k().args([
-        "delete",
-        "namespace",
-        NS,
-        "--ignore-not-found",
-        "--wait=true",
-    ]));
-    crate::util::run(
-        k().args(["create", "namespace", NS])
-            .stdout(std::process::Stdio::null()),
-    )?;
+    let claims: Vec<(&str, &str)> = batch
+        .iter()
+        .map(|w| (w.name.as_str(), crate::peers_manifests::access_mode(w)))
+        .collect();
+    crate::bench::fresh_namespace_with(paths, NS, &claims)?;
     apply_json(
-        &k,
+        &kubectl_maker(paths)?,
         None,
         &json!({
             "apiVersion": "scheduling.k8s.io/v1",
@@ -442,11 +435,7 @@ fn prepare_namespace(paths: &Paths, batch: &[Workload]) -> Result<()> {
             "value": 1_000_000,
             "description": "bench peers: a pod that preempts the trainers",
         }),
-    )?;
-    for w in batch {
-        crate::demo::provision_volume(paths, NS, &w.name, crate::peers_manifests::access_mode(w))?;
-    }
-    Ok(())
+    )
 }
 
 fn pods_state<K: Fn() -> Command>(k: &K) -> String {
@@ -459,13 +448,6 @@ fn pods_state<K: Fn() -> Command>(k: &K) -> String {
         "wide",
     ]))
     .unwrap_or_else(|e| format!("(could not list the pods: {e:#})"))
-}
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
 }
 
 fn rank0<'a>(

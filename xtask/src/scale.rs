@@ -14,7 +14,7 @@
 use crate::controlplane::kubectl;
 use crate::daemon;
 use crate::demo::start_operator;
-use crate::util::{output, run, step, wait_for, Paths};
+use crate::util::{output, run, step, unix_now, wait_for, Paths};
 use anyhow::{bail, Context, Result};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,7 +85,7 @@ fn measure(paths: &Paths, system: System, jobs: u32, pods: u32) -> Result<()> {
     let pid = daemon::pid(paths, process).with_context(|| format!("{process}'s pid"))?;
     let cpu0 = cpu_seconds(pid);
     let peak = Peaks::sample(paths, pid);
-    let (t0, since) = (Instant::now(), now());
+    let (t0, since) = (Instant::now(), unix_now());
     create_jobs(paths, system, jobs)?;
     wait_for(
         &format!("all {pods} pods of {jobs} {system:?}s Running"),
@@ -93,7 +93,7 @@ fn measure(paths: &Paths, system: System, jobs: u32, pods: u32) -> Result<()> {
         || running_pods(paths) >= pods,
     )?;
     let up = t0.elapsed();
-    let created = crate::audit::requests_by_client(paths, since, now());
+    let created = crate::audit::requests_by_client(paths, since, unix_now());
     let cpu = cpu_seconds(pid) - cpu0;
     let (resume, during) = inject_preemption(paths, system)?;
     let (rss, api, etcd) = peak.finish();
@@ -138,12 +138,6 @@ fn by_client(counts: &std::collections::BTreeMap<String, u64>, per: f64) -> Stri
         .map(|(c, n)| format!("{c} {:.1}", **n as f64 / per))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Pods in the namespace the kubelet (kwok) reports Running.
@@ -251,7 +245,7 @@ fn inject_preemption(
     let selector = system.selector(0);
     let before = pod_names(paths, &selector);
     let victim = before.first().context("job 0 has no pod")?.clone();
-    let (t, since) = (Instant::now(), now());
+    let (t, since) = (Instant::now(), unix_now());
     run(kubectl(paths)?
         .args(["delete", "-n", NAMESPACE, &victim, "--wait=false"])
         .stdout(Stdio::null()))?;
@@ -261,7 +255,10 @@ fn inject_preemption(
             .any(|p| !before.contains(p))
     })?;
     let ms = t.elapsed().as_secs_f64() * 1000.0;
-    Ok((ms, crate::audit::requests_by_client(paths, since, now())))
+    Ok((
+        ms,
+        crate::audit::requests_by_client(paths, since, unix_now()),
+    ))
 }
 
 /// Kills the operator at N jobs and starts it again: how long until it has

@@ -161,6 +161,14 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
     .with_context(|| format!("could not install {}", missing.join(" ")))
 }
 
+/// The wall clock as Unix seconds, to compare with the kubelet's and the
+/// API server's timestamps.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// `2026-12-01T20:21:00.123456789Z` (RFC 3339 in UTC, as the kubelet
 /// writes it) as Unix seconds.
 pub fn unix_seconds(stamp: &str) -> Option<f64> {
