@@ -214,7 +214,9 @@ fn is_complete(bin: &Path, names: &[&str]) -> bool {
     names.iter().all(|n| bin.join(n).is_file())
 }
 
-fn download_go_mod(module: &str, version: &str) -> Result<String> {
+/// `go mod download -json module@version`: where the proxy's copy landed
+/// in the module cache (`Dir`, `GoMod`, …).
+pub(crate) fn go_mod_download(module: &str, version: &str) -> Result<serde_json::Value> {
     let json = output(
         Command::new("go")
             .args(["mod", "download", "-json"])
@@ -222,7 +224,11 @@ fn download_go_mod(module: &str, version: &str) -> Result<String> {
             .env("GOFLAGS", "-mod=mod"),
     )
     .with_context(|| format!("could not fetch {module}@{version} from the Go module proxy"))?;
-    let info: serde_json::Value = serde_json::from_str(&json)?;
+    Ok(serde_json::from_str(&json)?)
+}
+
+fn download_go_mod(module: &str, version: &str) -> Result<String> {
+    let info = go_mod_download(module, version)?;
     let path = info["GoMod"]
         .as_str()
         .context("`go mod download -json` gave no GoMod path")?;

@@ -50,9 +50,7 @@ pub fn k8s_bin(paths: &Paths) -> Result<PathBuf> {
 
 /// `kubectl` of the pinned release against the local cluster.
 pub fn kubectl(paths: &Paths) -> Result<Command> {
-    let mut cmd = Command::new(k8s_bin(paths)?.join("kubectl"));
-    cmd.arg("--kubeconfig").arg(paths.kubeconfig());
-    Ok(cmd)
+    Ok(kubectl_maker(paths)?())
 }
 
 /// Where the API server writes its audit log: who made each request, by

@@ -738,23 +738,19 @@ pub fn fake_nodes(paths: &Paths, count: u32) -> Result<()> {
         .map(|i| fake_node(&format!("{FAKE_NODE_PREFIX}{i}")))
         .collect();
     let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": nodes});
-    let mut apply = kubectl(paths)?;
-    apply
-        .args([
-            "apply",
-            "--server-side",
-            "--field-manager=tjo-xtask",
-            "-f",
-            "-",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null());
-    let mut child = apply.spawn()?;
-    std::io::Write::write_all(
-        &mut child.stdin.take().unwrap(),
+    let status = crate::util::run_with_input(
+        kubectl(paths)?
+            .args([
+                "apply",
+                "--server-side",
+                "--field-manager=tjo-xtask",
+                "-f",
+                "-",
+            ])
+            .stdout(Stdio::null()),
         list.to_string().as_bytes(),
     )?;
-    if !child.wait()?.success() {
+    if !status.success() {
         bail!("could not create the fake nodes");
     }
     let existing = output(kubectl(paths)?.args([

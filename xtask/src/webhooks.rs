@@ -16,14 +16,7 @@ use std::time::Duration;
 /// The module's source in the Go module cache, for its CRDs and webhook
 /// manifests: what the release's own kustomize build starts from.
 pub(crate) fn module_source(module: &str, version: &str) -> Result<PathBuf> {
-    let json = output(
-        Command::new("go")
-            .args(["mod", "download", "-json"])
-            .arg(format!("{module}@{version}"))
-            .env("GOFLAGS", "-mod=mod"),
-    )
-    .with_context(|| format!("could not fetch {module}@{version} from the Go module proxy"))?;
-    let info: Value = serde_json::from_str(&json)?;
+    let info = crate::binaries::go_mod_download(module, version)?;
     let dir = info["Dir"]
         .as_str()
         .context("`go mod download -json` gave no Dir")?;
@@ -84,18 +77,14 @@ pub(crate) fn manifests(paths: &Paths, file: &Path) -> Result<Vec<Value>> {
 
 pub(crate) fn server_side_apply(paths: &Paths, objects: Vec<Value>) -> Result<()> {
     let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
-    let mut child = kubectl(paths)?
-        .args(["apply", "--server-side", "--force-conflicts"])
-        .args(["--field-manager=tjo-xtask", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(list.to_string().as_bytes())?;
-    anyhow::ensure!(child.wait()?.success(), "kubectl apply failed");
+    let status = crate::util::run_with_input(
+        kubectl(paths)?
+            .args(["apply", "--server-side", "--force-conflicts"])
+            .args(["--field-manager=tjo-xtask", "-f", "-"])
+            .stdout(Stdio::null()),
+        list.to_string().as_bytes(),
+    )?;
+    anyhow::ensure!(status.success(), "kubectl apply failed");
     Ok(())
 }
 
@@ -208,19 +197,10 @@ pub(crate) fn dry_run_create(paths: &Paths, object: &Value) -> bool {
     let Ok(mut cmd) = kubectl(paths) else {
         return false;
     };
-    let child = cmd
-        .args(["create", "--dry-run=server", "-o", "name", "-f", "-"])
-        .stdin(Stdio::piped())
+    cmd.args(["create", "--dry-run=server", "-o", "name", "-f", "-"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let Ok(mut child) = child else { return false };
-    let wrote = child
-        .stdin
-        .take()
-        .map(|mut s| s.write_all(object.to_string().as_bytes()).is_ok())
-        .unwrap_or(false);
-    child.wait().map(|s| s.success()).unwrap_or(false) && wrote
+        .stderr(Stdio::null());
+    crate::util::run_with_input(&mut cmd, object.to_string().as_bytes()).is_ok_and(|s| s.success())
 }
 
 #[cfg(test)]
