@@ -322,11 +322,7 @@ fn run_batch(
     wait_for(
         "every workload's final step",
         Duration::from_secs(1800),
-        || {
-            batch
-                .iter()
-                .all(|w| finished(&logs.snapshot(), &w.name).is_some())
-        },
+        || all_finished(batch, &logs),
     )
     .with_context(|| pods_state(&k))?;
     let snapshot = logs.snapshot();
@@ -350,11 +346,7 @@ where
     K: Fn() -> Command + Clone + Send + 'static,
 {
     let due = Instant::now() + planned.gap;
-    let all_done = || {
-        batch
-            .iter()
-            .all(|w| finished(&logs.snapshot(), &w.name).is_some())
-    };
+    let all_done = || all_finished(batch, logs);
     wait_for(
         "the next disruption's time",
         planned.gap + Duration::from_secs(1),
@@ -468,6 +460,13 @@ fn first_step(logs: &HashMap<String, PodLog>, workload: &str) -> Option<f64> {
         .filter(|l| step_of(&l.text).is_some())
         .map(|l| l.at)
         .min_by(f64::total_cmp)
+}
+
+/// Whether every workload's rank 0 printed its final line; one copy of
+/// the logs per call, not one per workload.
+fn all_finished(batch: &[Workload], logs: &PodLogs) -> bool {
+    let s = logs.snapshot();
+    batch.iter().all(|w| finished(&s, &w.name).is_some())
 }
 
 /// When rank 0 printed its final line.
