@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use trainingjob_operator::api::TrainingJob;
-use trainingjob_operator::cache::{self, PodIndex, Unseen};
+use trainingjob_operator::cache::{self, LeanPod, PodIndex, Unseen};
 use trainingjob_operator::metrics::{JobLabels, Metrics};
 
 #[global_allocator]
@@ -280,6 +280,10 @@ fn breakdown(store: &reflector::Store<TrainingJob>, world: &[Synthetic]) {
                 + alloc::heap_of(&s.spec)
                 + alloc::heap_of(&s.status)
         })
+    );
+    println!(
+        "  LeanPod, as the cache keeps it   {:>8.0}",
+        per_pod(&|p| size_of::<LeanPod>() + alloc::heap_of(&LeanPod::from(p.clone())))
     );
     let jobs = store.state();
     let per_job = |f: &dyn Fn(&TrainingJob) -> usize| {

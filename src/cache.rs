@@ -5,22 +5,25 @@
 
 use crate::api::{TrainingJob, TrainingJobStatus};
 use crate::labels::JOB_LABEL;
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher::Event;
 use kube::ResourceExt;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+mod lean;
+pub use lean::LeanPod;
 
 /// A job's key in the index: namespace and name. Pods of an earlier job of
 /// the same name share it, and are told apart by owner uid.
 pub type JobKey = (String, String);
 
-/// Pods by job, then by name.
-type ByJob = HashMap<JobKey, BTreeMap<String, Arc<Pod>>>;
+/// Pods by job, in order of name.
+type ByJob = HashMap<JobKey, Vec<LeanPod>>;
 /// Pods we created, by job uid then by name, with when.
-type Created = HashMap<String, HashMap<String, (Arc<Pod>, Instant)>>;
+type Created = HashMap<String, HashMap<String, (LeanPod, Instant)>>;
 
 /// The training pods, by the job label, rebuilt whole on every re-list.
 pub struct PodIndex {
@@ -47,9 +50,12 @@ fn key(pod: &Pod) -> Option<JobKey> {
 
 fn insert(map: &mut ByJob, pod: &Pod) {
     if let Some(k) = key(pod) {
-        map.entry(k)
-            .or_default()
-            .insert(pod.name_any(), Arc::new(pod.clone()));
+        let lean = LeanPod::from(pod.clone());
+        let pods = map.entry(k).or_default();
+        match pods.binary_search_by(|p| p.name().cmp(lean.name())) {
+            Ok(at) => pods[at] = lean,
+            Err(at) => pods.insert(at, lean),
+        }
     }
 }
 
@@ -62,7 +68,8 @@ impl PodIndex {
                 let Some(k) = key(pod) else { return };
                 let mut map = self.by_job.write().unwrap();
                 if let Some(pods) = map.get_mut(&k) {
-                    pods.remove(&pod.name_any());
+                    let name = pod.name_any();
+                    pods.retain(|p| p.name() != name);
                     if pods.is_empty() {
                         map.remove(&k);
                     }
@@ -90,14 +97,15 @@ impl PodIndex {
         let _ = rx.wait_for(|ready| *ready).await;
     }
 
-    /// The pods labelled with the job's name, whoever owns them.
+    /// The pods labelled with the job's name, whoever owns them, stripped,
+    /// in order of name.
     pub fn pods(&self, namespace: &str, job: &str) -> Vec<Arc<Pod>> {
         let key = (namespace.to_string(), job.to_string());
         self.by_job
             .read()
             .unwrap()
             .get(&key)
-            .map(|pods| pods.values().cloned().collect())
+            .map(|pods| pods.iter().map(|p| Arc::new(p.to_pod())).collect())
             .unwrap_or_default()
     }
 
@@ -106,15 +114,12 @@ impl PodIndex {
         if nodes.is_empty() {
             return Vec::new();
         }
-        let on = |p: &Arc<Pod>| {
-            let node = p.spec.as_ref().and_then(|s| s.node_name.as_ref());
-            node.is_some_and(|n| nodes.contains(n))
-        };
+        let on = |p: &LeanPod| p.node_name().is_some_and(|n| nodes.iter().any(|m| m == n));
         self.by_job
             .read()
             .unwrap()
             .iter()
-            .filter(|(_, pods)| pods.values().any(on))
+            .filter(|(_, pods)| pods.iter().any(on))
             .map(|(k, _)| k.clone())
             .collect()
     }
@@ -129,27 +134,14 @@ impl PodIndex {
     }
 }
 
-/// Drops what the operator never reads before a pod enters the cache:
-/// managedFields, annotations, and the pod spec but for its node, its
-/// scheduling gates and its containers' names.
+/// Drops what the operator never reads before a pod enters the cache (see
+/// `LeanPod`): managedFields, annotations, labels but the job's, rank's
+/// and attempt's, the pod spec but for its node, its scheduling gates and
+/// its first container's name, and status but for the phase, reason,
+/// message, the PodScheduled and disruption conditions and each
+/// container's name and running or terminated state.
 pub fn strip_pod(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    pod.metadata.annotations = None;
-    if let Some(spec) = pod.spec.take() {
-        pod.spec = Some(PodSpec {
-            node_name: spec.node_name,
-            scheduling_gates: spec.scheduling_gates,
-            containers: spec
-                .containers
-                .into_iter()
-                .map(|c| Container {
-                    name: c.name,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        });
-    }
+    *pod = LeanPod::from(std::mem::take(pod)).to_pod();
 }
 
 /// Drops managedFields (often the largest part of a job) and the
@@ -207,14 +199,14 @@ impl Unseen {
         }
     }
 
-    pub fn created_pod(&self, uid: &str, mut pod: Pod) {
-        strip_pod(&mut pod);
+    pub fn created_pod(&self, uid: &str, pod: Pod) {
+        let name = pod.name_any();
         self.created
             .lock()
             .unwrap()
             .entry(uid.into())
             .or_default()
-            .insert(pod.name_any(), (Arc::new(pod), Instant::now()));
+            .insert(name, (LeanPod::from(pod), Instant::now()));
     }
 
     /// Pods we created that `seen` does not hold yet; the rest are forgotten.
@@ -226,7 +218,7 @@ impl Unseen {
         pods.retain(|name, (_, at)| {
             at.elapsed() < UNSEEN_TTL && !seen.iter().any(|p| p.name_any() == *name)
         });
-        let names = pods.values().map(|(p, _)| p.clone()).collect();
+        let names = pods.values().map(|(p, _)| Arc::new(p.to_pod())).collect();
         if pods.is_empty() {
             map.remove(uid);
         }

@@ -78,7 +78,7 @@ const KUBELET_DISRUPTIONS: &[&str] = &[
 /// Pod conditions by which the cluster says it is taking the pod away:
 /// Kubernetes' own, and Kueue's when it evicts a workload (reason e.g.
 /// WorkloadEvictedDueToPreempted; it sets no DisruptionTarget).
-const DISRUPTION_CONDITIONS: &[&str] = &["DisruptionTarget", "TerminationTarget"];
+pub const DISRUPTION_CONDITIONS: &[&str] = &["DisruptionTarget", "TerminationTarget"];
 
 /// The end of a termination message worth quoting in a condition.
 const QUOTE_CHARS: usize = 300;
