@@ -6,7 +6,7 @@
 use crate::binaries;
 use crate::daemon;
 use crate::util::{output, run, step, succeeds, wait_for, write, Paths};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -229,6 +229,33 @@ pub fn up(paths: &Paths) -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// etcd compacted at its head and restarted while the API server is down:
+/// the API server comes back with an empty watch cache, so every client
+/// resuming a watch from an older revision is told 410 Gone and must list
+/// again.
+pub fn restart_etcd_compacted(paths: &Paths) -> Result<()> {
+    let etcdctl = binaries::etcd(&paths.cache)?.join("etcdctl");
+    daemon::stop(paths, "kube-apiserver", Duration::from_secs(20))?;
+    let status = output(Command::new(&etcdctl).args([
+        "--endpoints",
+        ETCD_CLIENT,
+        "endpoint",
+        "status",
+        "-w",
+        "json",
+    ]))?;
+    let revision = serde_json::from_str::<serde_json::Value>(&status)?[0]["Status"]["header"]
+        ["revision"]
+        .as_i64()
+        .context("etcd's status has no revision")?;
+    run(Command::new(&etcdctl)
+        .args(["--endpoints", ETCD_CLIENT, "compact", &revision.to_string()])
+        .stdout(std::process::Stdio::null()))?;
+    step(format!("etcd compacted at revision {revision}"));
+    daemon::stop(paths, "etcd", Duration::from_secs(20))?;
+    up(paths)
 }
 
 /// `kubectl apply -f -` of `manifest`, in `namespace` when given.

@@ -56,7 +56,9 @@ where
 {
     let started = Instant::now();
     match kind {
-        Kind::Evict => pods.iter().try_for_each(|p| evict(kubectl, ns, p))?,
+        Kind::Evict => pods
+            .iter()
+            .try_for_each(|p| evict(kubectl, ns, p).map(drop))?,
         Kind::Delete => {
             crate::util::run(
                 kubectl()
@@ -85,7 +87,8 @@ where
     }))
 }
 
-fn evict<K: Fn() -> Command>(kubectl: &K, ns: &str, pod: &str) -> Result<()> {
+/// Whether the API server accepted the eviction.
+pub fn evict<K: Fn() -> Command>(kubectl: &K, ns: &str, pod: &str) -> Result<bool> {
     let body = json!({
         "apiVersion": "policy/v1",
         "kind": "Eviction",
@@ -107,7 +110,7 @@ fn evict<K: Fn() -> Command>(kubectl: &K, ns: &str, pod: &str) -> Result<()> {
     if !status.success() {
         eprintln!("eviction of {ns}/{pod} refused (already terminating?)");
     }
-    Ok(())
+    Ok(status.success())
 }
 
 /// Blocks until every trainer pod has left the node (the notice's forced
@@ -127,7 +130,7 @@ fn drain<K: Fn() -> Command>(kubectl: &K) {
 
 /// A pod of higher priority that needs all 8 GPUs: the scheduler preempts
 /// every trainer pod to place it.
-fn create_preemptor<K: Fn() -> Command>(kubectl: &K, ns: &str) -> Result<()> {
+pub fn create_preemptor<K: Fn() -> Command>(kubectl: &K, ns: &str) -> Result<()> {
     let pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -149,7 +152,7 @@ fn create_preemptor<K: Fn() -> Command>(kubectl: &K, ns: &str) -> Result<()> {
 
 /// Once the preemptor is placed (every victim gone), it goes too: the
 /// capacity comes back for the trainers.
-fn end_preemption<K: Fn() -> Command>(kubectl: &K, ns: &str, deadline: Instant) {
+pub fn end_preemption<K: Fn() -> Command>(kubectl: &K, ns: &str, deadline: Instant) {
     while Instant::now() < deadline {
         let node = crate::util::output(kubectl().args([
             "get",

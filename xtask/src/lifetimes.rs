@@ -28,29 +28,32 @@ impl Watcher {
     pub fn start(paths: &Paths) -> Result<Self> {
         let file = paths.logs().join("pod-lifetimes.json");
         std::fs::create_dir_all(paths.logs())?;
-        let out = std::fs::File::create(&file)?;
-        let child = crate::controlplane::kubectl(paths)?
-            .args([
-                "get",
-                "pods",
-                "--all-namespaces",
-                "-l",
-                SELECTOR,
-                "--watch",
-                "--output-watch-events",
-                "-o",
-                "json",
-            ])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the pod lifetime watcher")?;
+        std::fs::File::create(&file)?;
         Ok(Self {
-            child,
+            child: watch(paths, &file)?,
             file,
             trainers: crate::trainers::Sampler::start(),
         })
+    }
+
+    /// Watches again if the watch ended (the API server restarted). Events
+    /// missed meanwhile are lost, so the record says where: the check
+    /// forgets what it knew and relies on the new watch's listing.
+    pub fn keep_watching(&mut self, paths: &Paths) {
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let marked = std::fs::File::options()
+            .append(true)
+            .open(&self.file)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, RESYNC.as_bytes()));
+        match marked
+            .map_err(anyhow::Error::from)
+            .and_then(|()| watch(paths, &self.file))
+        {
+            Ok(child) => self.child = child,
+            Err(e) => eprintln!("the pod lifetime watch could not start again: {e:#}"),
+        }
     }
 
     /// Stops watching and checks the whole record.
@@ -85,6 +88,30 @@ impl Watcher {
     }
 }
 
+/// Written between two watches: what follows is a fresh listing.
+const RESYNC: &str = "{\"type\": \"RESYNC\"}\n";
+
+fn watch(paths: &Paths, file: &std::path::Path) -> Result<Child> {
+    let out = std::fs::File::options().append(true).open(file)?;
+    crate::controlplane::kubectl(paths)?
+        .args([
+            "get",
+            "pods",
+            "--all-namespaces",
+            "-l",
+            SELECTOR,
+            "--watch",
+            "--output-watch-events",
+            "-o",
+            "json",
+        ])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the pod lifetime watcher")
+}
+
 #[derive(Debug, Default, PartialEq)]
 pub struct Summary {
     pub events: usize,
@@ -108,6 +135,10 @@ pub fn check(events: &[Value]) -> Summary {
     };
     for ev in events {
         let kind = ev["type"].as_str().unwrap_or_default();
+        if kind == "RESYNC" {
+            live.values_mut().for_each(BTreeSet::clear);
+            continue;
+        }
         let pod = &ev["object"];
         let meta = &pod["metadata"];
         let (Some(ns), Some(name)) = (meta["namespace"].as_str(), meta["name"].as_str()) else {
@@ -181,6 +212,16 @@ mod tests {
             ev("ADDED", "a2", "0", "Pending"),
         ]);
         assert!(s.overlaps.is_empty());
+    }
+
+    #[test]
+    fn a_pod_deleted_between_two_watches_is_forgotten_at_the_resync() {
+        let s = check(&[
+            ev("ADDED", "a1", "0", "Running"),
+            json!({"type": "RESYNC"}),
+            ev("ADDED", "a2", "0", "Pending"),
+        ]);
+        assert!(s.overlaps.is_empty(), "{:?}", s.overlaps);
     }
 
     #[test]

@@ -161,7 +161,7 @@ pub struct Planned {
 
 /// The seeded schedule: every kind once in a seeded order, then again.
 pub fn schedule(seed: u64, sc: &Scenario) -> Vec<Planned> {
-    let mut rng = SplitMix(seed);
+    let mut rng = crate::util::SplitMix(seed);
     let mut kinds = Kind::ALL;
     for i in (1..kinds.len()).rev() {
         kinds.swap(i, (rng.next() % (i as u64 + 1)) as usize);
@@ -174,19 +174,6 @@ pub fn schedule(seed: u64, sc: &Scenario) -> Vec<Planned> {
             rank: (rng.next() % 2) as u32,
         })
         .collect()
-}
-
-/// SplitMix64: a seeded sequence, so that a schedule can be replayed.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 /// A disruption as it happened: when, and which pods of each workload.
@@ -257,7 +244,7 @@ pub fn run(paths: &Paths, quick: bool, seed: u64) -> Result<()> {
 }
 
 /// The final line of an uninterrupted run, on this machine.
-fn uninterrupted(paths: &Paths, steps: u64) -> Result<String> {
+pub fn uninterrupted(paths: &Paths, steps: u64) -> Result<String> {
     let dir = std::env::temp_dir().join(format!("tjo-peers-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let out = output(
@@ -450,7 +437,7 @@ fn rank0<'a>(
         .filter(move |p| p.workload == workload && p.rank == 0)
 }
 
-fn step_of(text: &str) -> Option<u64> {
+pub fn step_of(text: &str) -> Option<u64> {
     text.strip_prefix("step ")?.split(' ').next()?.parse().ok()
 }
 

@@ -191,3 +191,21 @@ pub fn unix_seconds(stamp: &str) -> Option<f64> {
     let days = era * 146_097 + doe - 719_468;
     Some((days * 86_400 + h * 3600 + min * 60) as f64 + sec)
 }
+
+/// SplitMix64: a seeded sequence, so that a schedule can be replayed.
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in 0..n (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
