@@ -8,12 +8,14 @@ mod controlplane;
 mod daemon;
 mod demo;
 mod disrupt;
+mod faults;
 mod helm;
 mod images;
 mod jobset;
 mod kueue;
 mod lifetimes;
 mod node;
+mod operators;
 mod peers;
 mod peers_manifests;
 mod peers_report;
@@ -21,6 +23,8 @@ mod plot;
 mod podlogs;
 mod release;
 mod scale;
+mod soak;
+mod soak_report;
 mod test;
 mod trainers;
 mod util;
@@ -89,6 +93,17 @@ enum Cmd {
     Test,
     /// The README's main command: the demo on the local cluster.
     Demo,
+    /// Ten TrainingJobs on the local cluster under a seeded mix of every
+    /// fault (preemptions by each route, operator SIGKILLs, restarts of the
+    /// API server, etcd, containerd and the kubelet), then checks that
+    /// nothing was lost. A failing seed prints its schedule.
+    Soak {
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// How long faults are injected; the jobs then run to their end.
+        #[arg(long, default_value_t = 60.0)]
+        minutes: f64,
+    },
     /// Print timings measured on the local cluster.
     Bench {
         #[command(subcommand)]
@@ -207,6 +222,7 @@ fn main() -> Result<()> {
         }
         Cmd::Test => test::run_all(&paths),
         Cmd::Demo => demo::run_demo(&paths),
+        Cmd::Soak { seed, minutes } => soak::run(&paths, seed, minutes),
         Cmd::Bench { what } => match what {
             BenchCmd::Resume { rounds } => bench::resume(&paths, rounds),
             BenchCmd::Scale { jobs, system } => {
