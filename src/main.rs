@@ -226,7 +226,12 @@ async fn serve(
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour codes only for a person at a terminal: `kubectl logs` and log
+    // collectors read the escape sequences as text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     match format {
         LogFormat::Json => fmt.json().init(),
         LogFormat::Text => fmt.init(),
