@@ -81,16 +81,25 @@ pub fn run_all(paths: &Paths) -> Result<()> {
 /// A quick run of every benchmark, so that none can rot: each must complete
 /// and print its figures; the figures themselves are never asserted.
 fn quick_benches(paths: &Paths) -> Result<()> {
-    step("quick benchmarks: cargo bench -p launcher, bench resume, bench scale, bench peers");
+    step("quick benchmarks: cargo bench -p launcher, bench memory, bench resume, bench scale, bench peers");
     run(Command::new("cargo")
         .current_dir(&paths.root)
         .env("TJO_BENCH_QUICK", "1")
         .args(["bench", "--quiet", "-p", "launcher"]))
     .context("the launcher's benchmark")?;
+    // The test profile: the figures are for the ratios, and a release build
+    // of the operator's dependencies would cost CI minutes.
+    run(Command::new("cargo")
+        .current_dir(&paths.root)
+        .env("TJO_MEM_JOBS", "200")
+        .args(["test", "--quiet", "--bench", "memory"]))
+    .context("the operator's memory benchmark")?;
     crate::bench::resume(paths, 2).context("bench resume")?;
     use crate::scale::System::*;
     crate::scale::scale(paths, 100, &[Trainingjob, Jobset, Job]).context("bench scale")?;
-    crate::peers::run(paths, true, 1).context("bench peers --quick")
+    crate::peers::run(paths, true, 1).context("bench peers --quick")?;
+    step("a short soak: every fault once, seed 1 (cargo xtask soak --seed 1 --minutes 4)");
+    crate::soak::run(paths, 1, 4.0).context("soak")
 }
 
 /// Server-side apply: the CRD embeds a whole PodTemplateSpec schema, which is
