@@ -27,6 +27,8 @@ pub enum Fault {
     /// The VM is gone: kubelet and containers killed, the Node deleted,
     /// the node back once the pods are collected.
     NodeLoss,
+    /// Kueue evicts a queued job's workload for work of higher priority.
+    Kueue,
     /// A rank evicted while no operator runs; they come back after it.
     EvictWhileOperatorsDown,
     /// SIGKILL of the leader; the standby takes the Lease.
@@ -47,7 +49,7 @@ pub enum Fault {
 use Fault::*;
 
 impl Fault {
-    pub const ALL: [Fault; 15] = [
+    pub const ALL: [Fault; 16] = [
         Evict,
         Delete,
         ForceDelete,
@@ -55,6 +57,7 @@ impl Fault {
         Drain,
         Preempt,
         NodeLoss,
+        Kueue,
         EvictWhileOperatorsDown,
         KillLeader,
         KillOperators,
@@ -83,6 +86,7 @@ impl Fault {
             Drain => "node drain",
             Preempt => "scheduler preemption",
             NodeLoss => "node lost",
+            Kueue => "Kueue eviction",
             EvictWhileOperatorsDown => "eviction while no operator runs",
             KillLeader => "SIGKILL of the leader",
             KillOperators => "SIGKILL of both operators",
@@ -104,6 +108,7 @@ impl Fault {
             Delete | ForceDelete => Some("PodDeleted"),
             Preempt => Some("PreemptionByScheduler"),
             NodeLoss => Some("DeletionByPodGC"),
+            Kueue => Some("WorkloadEvictedDueToPreempted"),
             _ => None,
         }
     }
@@ -189,6 +194,7 @@ pub fn apply(s: &mut Soak, fault: Fault, pick: u64) -> Result<Option<Vec<String>
         Drain => drain(s),
         Preempt => scheduler_preemption(s),
         NodeLoss => node_loss(s),
+        Kueue => crate::soak_kueue::preempt(s, pick),
         EvictWhileOperatorsDown => evict_while_operators_down(s, pick),
         KillLeader => kill_leader(s).map(|()| Some(vec![])),
         KillOperators => {

@@ -77,6 +77,8 @@ pub struct Job {
     pub causes: BTreeMap<i64, Fault>,
     pub final_line: Option<String>,
     pub ended: bool,
+    /// Queued through Kueue (soak_kueue.rs).
+    pub queued: bool,
 }
 
 impl Job {
@@ -115,6 +117,8 @@ pub struct Soak<'a> {
     watcher: Option<crate::lifetimes::Watcher>,
     pub started: Instant,
     pub applied: Vec<Applied>,
+    /// Kueue is up: one slot's jobs queue through it.
+    kueue: bool,
 }
 
 pub fn run(paths: &Paths, seed: u64, minutes: f64) -> Result<()> {
@@ -130,6 +134,10 @@ pub fn run(paths: &Paths, seed: u64, minutes: f64) -> Result<()> {
     };
     let references = references(paths, step_choices)?;
     let maker = crate::controlplane::kubectl_maker(paths)?;
+    let kueue = crate::soak_kueue::up(paths);
+    if kueue {
+        crate::soak_kueue::prepare(&maker)?;
+    }
     let mut soak = Soak {
         paths,
         k: Arc::new(maker),
@@ -144,10 +152,16 @@ pub fn run(paths: &Paths, seed: u64, minutes: f64) -> Result<()> {
         watcher: Some(crate::lifetimes::Watcher::start(paths)?),
         started: Instant::now(),
         applied: Vec::new(),
+        kueue,
     };
     step(format!(
-        "soak: seed {seed}, {minutes} minutes, {} jobs at a time",
-        SHAPES.len()
+        "soak: seed {seed}, {minutes} minutes, {} jobs at a time{}",
+        SHAPES.len(),
+        if kueue {
+            format!(", slot {} through Kueue", crate::soak_kueue::SLOT)
+        } else {
+            ", Kueue is not up: its route is skipped".into()
+        }
     ));
     let outcome = soak.drive(seed, Duration::from_secs_f64(minutes * 60.0));
     soak.operators.scrape(paths);
@@ -165,6 +179,7 @@ pub fn run(paths: &Paths, seed: u64, minutes: f64) -> Result<()> {
     };
     if problems.is_empty() {
         let _ = output((soak.k)().args(["delete", "namespace", NS, "--wait=false"]));
+        crate::soak_kueue::clean_up(&&*soak.k);
         return Ok(());
     }
     crate::soak_report::print_schedule(seed, &soak.applied);
@@ -410,7 +425,8 @@ impl Soak<'_> {
             "ReadWriteOnce"
         };
         crate::demo::provision_volume(self.paths, NS, &name, mode)?;
-        for object in manifests(&name, shape, steps, mode) {
+        let queued = self.kueue && slot == crate::soak_kueue::SLOT;
+        for object in manifests(&name, shape, steps, mode, queued) {
             crate::controlplane::apply_json(&&*self.k, Some(NS), &object)?;
         }
         self.jobs.push(Job {
@@ -423,6 +439,7 @@ impl Soak<'_> {
             causes: BTreeMap::new(),
             final_line: None,
             ended: false,
+            queued,
         });
         Ok(())
     }
@@ -435,7 +452,7 @@ pub fn attempt_of(pod: &Value) -> i64 {
         .unwrap_or(0)
 }
 
-fn manifests(name: &str, shape: &Shape, steps: u64, mode: &str) -> [Value; 2] {
+fn manifests(name: &str, shape: &Shape, steps: u64, mode: &str, queued: bool) -> [Value; 2] {
     let claim = json!({
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
@@ -466,10 +483,15 @@ fn manifests(name: &str, shape: &Shape, steps: u64, mode: &str) -> [Value; 2] {
     if shape.gpu {
         limits["nvidia.com/gpu"] = json!(1);
     }
+    let labels = if queued {
+        crate::soak_kueue::labels()
+    } else {
+        json!({})
+    };
     let job = json!({
         "apiVersion": "trainingjob.dev/v1alpha1",
         "kind": "TrainingJob",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": labels},
         "spec": {
             "replicas": shape.ranks,
             "checkpoint": {"claimName": name},
