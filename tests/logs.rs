@@ -20,7 +20,10 @@ fn logs_written_to_a_pipe_carry_no_colour_codes() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!out.status.success(), "no kubeconfig: it must exit non-zero");
+    assert!(
+        !out.status.success(),
+        "no kubeconfig: it must exit non-zero"
+    );
     assert!(text.contains("cannot read kubeconfig"), "{text}");
     assert!(!text.contains('\x1b'), "escape codes in the log: {text:?}");
 }
