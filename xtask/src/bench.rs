@@ -139,14 +139,26 @@ pub fn fresh_namespace(paths: &Paths, ns: &str, mode: &str) -> Result<()> {
 }
 
 /// The same, with a volume for each (claim, access mode).
+/// An earlier run's namespace that will not go (seen after a soak: the
+/// controller-manager's namespace controller backs off for minutes after
+/// the API server restarts) stops the run with what is left in it, rather
+/// than a wait with no end.
 pub fn fresh_namespace_with(paths: &Paths, ns: &str, claims: &[(&str, &str)]) -> Result<()> {
-    let _ = output(kubectl(paths)?.args([
+    let deleted = output(kubectl(paths)?.args([
         "delete",
         "namespace",
         ns,
         "--ignore-not-found",
         "--wait=true",
+        "--timeout=300s",
     ]));
+    if let Err(e) = deleted {
+        let left = output(kubectl(paths)?.args(["get", "all,pvc", "-n", ns])).unwrap_or_default();
+        anyhow::bail!(
+            "namespace {ns} from an earlier run is still being deleted after 5 minutes \
+             ({e:#}); what is left:\n{left}\n`cargo xtask cluster down` and `up` start afresh"
+        );
+    }
     run(kubectl(paths)?
         .args(["create", "namespace", ns])
         .stdout(Stdio::null()))?;
