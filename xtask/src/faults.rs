@@ -339,8 +339,10 @@ fn evict_while_operators_down(s: &mut Soak, pick: u64) -> Result<Option<Vec<Stri
     s.operators.kill(s.paths, &[0, 1])?;
     let accepted = disrupt::evict(&&*s.k, NS, &pod)?;
     step(format!("  {pod} evicted while no operator runs"));
+    // Its trainer stops and saves with no operator; the pod object stays
+    // until an operator releases its report finalizer.
     let gone = wait_for(
-        "the evicted pod to be gone",
+        "the evicted pod's trainer to end",
         Duration::from_secs(120),
         || {
             output((s.k)().args([
@@ -351,9 +353,9 @@ fn evict_while_operators_down(s: &mut Soak, pick: u64) -> Result<Option<Vec<Stri
                 &pod,
                 "--ignore-not-found",
                 "-o",
-                "name",
+                "jsonpath={.status.phase}",
             ]))
-            .is_ok_and(|o| o.trim().is_empty())
+            .is_ok_and(|p| matches!(p.trim(), "" | "Succeeded" | "Failed"))
         },
     );
     s.operators.restart(s.paths, &[0, 1])?;
