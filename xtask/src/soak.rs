@@ -520,6 +520,7 @@ fn references(paths: &Paths, steps: &[u64]) -> Result<HashMap<u64, String>> {
 }
 
 fn prepare_namespace(paths: &Paths) -> Result<()> {
+    release_leftovers(paths)?;
     crate::bench::fresh_namespace_with(paths, NS, &[])?;
     crate::controlplane::apply_json(
         &crate::controlplane::kubectl_maker(paths)?,
@@ -532,4 +533,25 @@ fn prepare_namespace(paths: &Paths) -> Result<()> {
             "description": "a pod that preempts the trainers",
         }),
     )
+}
+
+/// A soak that failed leaves its pods holding the operator's report
+/// finalizer, with no operator left to release it: the namespace could not
+/// go. Released here, as `helm uninstall`'s hook does.
+fn release_leftovers(paths: &Paths) -> Result<()> {
+    let k = crate::controlplane::kubectl_maker(paths)?;
+    let names = output(k().args(["get", "pods", "-n", NS, "-o", "name", "--ignore-not-found"]))
+        .unwrap_or_default();
+    for pod in names.lines().filter(|l| !l.is_empty()) {
+        let _ = output(k().args([
+            "patch",
+            "-n",
+            NS,
+            pod,
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ]));
+    }
+    Ok(())
 }
