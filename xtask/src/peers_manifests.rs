@@ -8,24 +8,34 @@ use serde_json::{json, Value};
 const MOUNT: &str = "/ckpt";
 
 pub fn access_mode(w: &Workload) -> &'static str {
-    if w.ranks > 1 {
+    mode_for(w.ranks)
+}
+
+/// Ranks on more than one node share the checkpoint volume.
+pub fn mode_for(ranks: u32) -> &'static str {
+    if ranks > 1 {
         "ReadWriteMany"
     } else {
         "ReadWriteOnce"
     }
 }
 
-pub fn objects(sc: &Scenario, w: &Workload) -> Vec<Value> {
-    let claim = json!({
+/// The claim bound in advance to the volume `demo::provision_volume` makes.
+pub fn claim(name: &str, mode: &str) -> Value {
+    json!({
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": {"name": w.name},
+        "metadata": {"name": name},
         "spec": {
-            "accessModes": [access_mode(w)],
+            "accessModes": [mode],
             "storageClassName": "",
             "resources": {"requests": {"storage": "1Gi"}},
         },
-    });
+    })
+}
+
+pub fn objects(sc: &Scenario, w: &Workload) -> Vec<Value> {
+    let claim = claim(&w.name, access_mode(w));
     let workload = match w.system {
         System::Job => job(sc, w),
         System::JobSet => jobset(sc, w),

@@ -419,11 +419,7 @@ impl Soak<'_> {
         let name = format!("s{slot}-{}", self.serial);
         let steps = self.step_choices[self.rng.below(self.step_choices.len() as u64) as usize];
         let shape = &SHAPES[slot];
-        let mode = if shape.ranks > 1 {
-            "ReadWriteMany"
-        } else {
-            "ReadWriteOnce"
-        };
+        let mode = crate::peers_manifests::mode_for(shape.ranks);
         crate::demo::provision_volume(self.paths, NS, &name, mode)?;
         let queued = self.kueue && slot == crate::soak_kueue::SLOT;
         for object in manifests(&name, shape, steps, mode, queued) {
@@ -453,16 +449,7 @@ pub fn attempt_of(pod: &Value) -> i64 {
 }
 
 fn manifests(name: &str, shape: &Shape, steps: u64, mode: &str, queued: bool) -> [Value; 2] {
-    let claim = json!({
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name},
-        "spec": {
-            "accessModes": [mode],
-            "storageClassName": "",
-            "resources": {"requests": {"storage": "1Gi"}},
-        },
-    });
+    let claim = crate::peers_manifests::claim(name, mode);
     let command: Vec<String> = [
         "python3",
         "/opt/trainer/train.py",
