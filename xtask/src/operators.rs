@@ -103,9 +103,7 @@ impl Operators {
                     || !daemon::alive(paths, NAMES[i]),
                 )?;
             }
-            for (kind, n) in std::mem::take(&mut self.last[i]) {
-                *self.errors_of_the_dead.entry(kind).or_default() += n;
-            }
+            self.bury(i);
         }
         Ok(())
     }
@@ -126,11 +124,16 @@ impl Operators {
             daemon::log_tail(paths, name, 1).trim()
         ));
         self.exits += 1;
-        for (kind, n) in std::mem::take(&mut self.last[i]) {
-            *self.errors_of_the_dead.entry(kind).or_default() += n;
-        }
+        self.bury(i);
         if let Err(e) = self.spawn(paths, i) {
             eprintln!("could not start {name} again: {e:#}");
+        }
+    }
+
+    /// What a replica that died had counted joins the totals.
+    fn bury(&mut self, i: usize) {
+        for (kind, n) in std::mem::take(&mut self.last[i]) {
+            *self.errors_of_the_dead.entry(kind).or_default() += n;
         }
     }
 
