@@ -19,6 +19,7 @@ use crate::api::{Interruption, InterruptionKind, Phase, TrainingJob, TrainingJob
 use crate::conditions::{ConditionType, Conditions};
 use crate::defaults::Defaults;
 use crate::grace::{self, SaveEvidence};
+use crate::nodes::NodeFacts;
 use crate::observe::{Outcome, PodView};
 use crate::pods::{self, AttemptPlan};
 use crate::transition::{FailReason, Transition};
@@ -184,36 +185,51 @@ impl<'a> Gang<'a> {
     }
 
     /// A rank whose node has not been Ready for `after`. Kubernetes' own
-    /// taint-based eviction would take its pod after the same time, but not
-    /// when every node of a zone stops answering (the node lifecycle
-    /// controller then suspects its own network and evicts nothing), and a
-    /// gang must not wait forever on a rank that cannot train.
+    /// taint-based eviction would take its pod after the same time, but
+    /// only on a node in a zone that still answers (see
+    /// [`crate::nodes::disrupted`]), and a gang must not wait on a rank
+    /// that cannot train while the rest of its zone can.
     fn unreachable(&self, now: Timestamp, after: SignedDuration) -> Option<Ended<'a>> {
-        self.ranks.iter().find_map(|(&rank, pod)| {
-            let p = (*pod)?;
-            let facts = p.node_facts.as_ref().filter(|n| !n.ready)?;
-            let since = facts.since.unwrap_or(now);
+        self.unready(now, after, false).map(|(rank, p, facts)| {
             let node = p.node.as_deref().unwrap_or_default();
-            (p.live && !p.deleting && since + after <= now).then(|| Ended {
+            Ended {
                 rank,
                 pod: Some(p),
                 reason: "NodeUnreachable".into(),
                 message: format!(
-                    "node {node} has not been Ready since {since} ({}); preemption.nodeUnreachableSeconds is {}s",
+                    "node {node} has not been Ready since {} ({}); preemption.nodeUnreachableSeconds is {}s",
+                    facts.unready_since(now),
                     facts.reason.as_deref().unwrap_or("no reason given"),
                     after.as_secs()
                 ),
-            })
+            }
         })
     }
 
-    /// When the first rank on a node that stopped answering is due to be
-    /// taken for lost.
+    /// A rank that has been on a node that is not Ready for `after`, in a
+    /// zone that is, or is not, disrupted.
+    fn unready(
+        &self,
+        now: Timestamp,
+        after: SignedDuration,
+        zone_disrupted: bool,
+    ) -> Option<(i32, &'a PodView, &'a NodeFacts)> {
+        self.ranks.iter().find_map(|(&rank, pod)| {
+            let p = (*pod)?;
+            let facts = p.node_facts.as_ref().filter(|n| !n.ready)?;
+            let due = facts.unready_since(now) + after <= now;
+            (p.live && !p.deleting && due && facts.zone_disrupted == zone_disrupted)
+                .then_some((rank, p, facts))
+        })
+    }
+
+    /// When the next rank on a node that stopped answering is due to be
+    /// taken for lost, or held for its zone.
     fn unreachable_due(&self, now: Timestamp, after: SignedDuration) -> Option<Duration> {
         let due = self.ranks.values().flatten().filter_map(|p| {
             let facts = p.node_facts.as_ref().filter(|n| !n.ready && p.live)?;
-            let at = facts.since.unwrap_or(now) + after;
-            Some(at.duration_since(now).as_secs_f64().max(0.1))
+            let left = (facts.unready_since(now) + after).duration_since(now);
+            (left.is_positive()).then(|| left.as_secs_f64().max(0.1))
         });
         due.reduce(f64::min).map(Duration::from_secs_f64)
     }
@@ -284,10 +300,7 @@ pub fn decide(inp: &Inputs) -> Decision {
     }
     match phase {
         Phase::Stopping => stopping(&mut d, &cx),
-        _ => {
-            d.conditions(&cx).clear(ConditionType::WaitingForNode);
-            active(&mut d, &cx, phase)
-        }
+        _ => active(&mut d, &cx, phase),
     }
     d
 }
@@ -380,6 +393,7 @@ fn active(d: &mut Decision, cx: &Ctx, phase: Phase) {
         .or_else(|| gang.noticed())
         .or_else(|| gang.unreachable(cx.inp.now, lost_after));
     d.requeue_after = gang.unreachable_due(cx.inp.now, lost_after);
+    hold_for_zone(d, cx, &gang, lost_after);
     if let Some(ended) = disrupted {
         preempted(d, cx, ended);
     } else if let Some((ended, code)) = gang.failed() {
@@ -394,6 +408,31 @@ fn active(d: &mut Decision, cx: &Ctx, phase: Phase) {
         }
     } else {
         starting(d, cx, &gang);
+    }
+}
+
+/// A rank on a node that stopped answering in a zone where all or most
+/// nodes did: nothing is taken for lost, and the `WaitingForNode`
+/// condition says why and how to release the rank.
+fn hold_for_zone(d: &mut Decision, cx: &Ctx, gang: &Gang, after: SignedDuration) {
+    let Some((rank, p, facts)) = gang.unready(cx.inp.now, after, true) else {
+        d.conditions(cx).clear(ConditionType::WaitingForNode);
+        return;
+    };
+    let node = p.node.as_deref().unwrap_or_default();
+    let since = facts
+        .since
+        .map(|t| format!(" since {t}"))
+        .unwrap_or_default();
+    let note = format!(
+        "rank {rank}'s pod {} is on node {node}, which has not been Ready{since} ({}), and          neither have most nodes of its zone: that looks like the control plane losing touch          with its nodes rather than the machines going, so, as Kubernetes' node lifecycle          controller evicts nothing then, no rank is taken for lost. If the machine is known          to be off, release it with `kubectl taint nodes {node}          node.kubernetes.io/out-of-service=nodeshutdown:NoExecute` or `kubectl delete node {node}`",
+        p.name,
+        facts.reason.as_deref().unwrap_or("no reason given"),
+    );
+    let known = crate::conditions::find(&d.status.conditions, ConditionType::WaitingForNode)
+        .is_some_and(|c| c.status == "True" && c.message == note);
+    if !known {
+        d.transition(cx, Transition::WaitingForNode { note });
     }
 }
 

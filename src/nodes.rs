@@ -1,7 +1,8 @@
 //! What the operator knows of the nodes its pods run on: whether each one
-//! answers, and whether a cloud has said it is about to take it away. Kept
-//! from one watch of the nodes, stripped to their taints and Ready
-//! condition, so a reconcile reads it from memory.
+//! answers, whether a cloud has said it is about to take it away, and
+//! whether its whole zone has stopped answering at once. Kept from one
+//! watch of the nodes, stripped to their taints, zone and Ready condition,
+//! so a reconcile reads it from memory.
 
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus};
 use k8s_openapi::jiff::Timestamp;
@@ -39,6 +40,13 @@ pub const NOTICE_TAINTS: &[(&str, &str)] = &[
 /// then force-deletes its pods, and the volumes detach.
 pub const OUT_OF_SERVICE_TAINT: &str = "node.kubernetes.io/out-of-service";
 
+/// The labels a node's zone is read from, as the node lifecycle controller
+/// reads them.
+const ZONE_LABELS: [&str; 2] = [
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+];
+
 /// One node, as far as the operator cares.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeFacts {
@@ -51,6 +59,14 @@ pub struct NodeFacts {
     /// The notice taint on it, if any: (key, who sets it).
     pub notice: Option<(String, &'static str)>,
     pub out_of_service: bool,
+    /// Its region and zone labels ("" for a node without them).
+    pub zone: String,
+    /// Its zone is disrupted (see [`disrupted`]). Filled in by
+    /// [`NodeIndex::get`], never stored.
+    pub zone_disrupted: bool,
+    /// When its zone last came out of a disruption. Filled in by
+    /// [`NodeIndex::get`], never stored.
+    pub zone_calm_since: Option<Timestamp>,
 }
 
 impl NodeFacts {
@@ -72,8 +88,40 @@ impl NodeFacts {
             reason: ready.and_then(|c| c.reason.clone()),
             notice,
             out_of_service: taint_keys().any(|k| k == OUT_OF_SERVICE_TAINT),
+            zone: zone_of(node),
+            ..Default::default()
         }
     }
+
+    /// Where the count toward `nodeUnreachableSeconds` starts: when Ready
+    /// last changed, or when the zone last came out of a disruption if
+    /// that is later. The node lifecycle controller restarts its clocks
+    /// then too, so that nodes still reconnecting after an outage of the
+    /// control plane are not all evicted the moment the first one is back.
+    pub fn unready_since(&self, now: Timestamp) -> Timestamp {
+        let since = self.since.unwrap_or(now);
+        self.zone_calm_since.map_or(since, |calm| calm.max(since))
+    }
+}
+
+fn zone_of(node: &Node) -> String {
+    let labels = node.metadata.labels.as_ref();
+    let get = |k: &str| labels.and_then(|l| l.get(k)).map_or("", String::as_str);
+    match (get(ZONE_LABELS[0]), get(ZONE_LABELS[1])) {
+        ("", "") => String::new(),
+        (region, zone) => format!("{region}/{zone}"),
+    }
+}
+
+/// The node lifecycle controller's judgement of a zone (its
+/// ComputeZoneState): fully disrupted when no node in it is Ready, and
+/// partially when more than two are not and they make up at least 55% (its
+/// default `--unhealthy-zone-threshold`). It then suspects its own view of
+/// the nodes rather than the nodes, and evicts nothing, or slowly; the
+/// operator takes no rank for lost either.
+pub fn disrupted(ready: usize, not_ready: usize) -> bool {
+    let total = ready + not_ready;
+    (ready == 0 && not_ready > 0) || (not_ready > 2 && not_ready * 100 >= total * 55)
 }
 
 fn ready_condition(node: &Node) -> Option<&NodeCondition> {
@@ -90,7 +138,10 @@ fn ready_condition(node: &Node) -> Option<&NodeCondition> {
 pub fn strip_node(node: &mut Node) {
     node.metadata.managed_fields = None;
     node.metadata.annotations = None;
-    node.metadata.labels = None;
+    if let Some(labels) = node.metadata.labels.as_mut() {
+        labels.retain(|k, _| ZONE_LABELS.contains(&k.as_str()));
+    }
+    node.metadata.labels.take_if(|l| l.is_empty());
     let taints = node.spec.take().and_then(|s| s.taints);
     node.spec = Some(NodeSpec {
         taints,
@@ -103,20 +154,42 @@ pub fn strip_node(node: &mut Node) {
     });
 }
 
-/// The nodes by name, rebuilt whole on every re-list.
+/// The nodes by name, rebuilt whole on every re-list, and how each zone
+/// stands.
 #[derive(Default)]
 pub struct NodeIndex {
-    nodes: RwLock<HashMap<String, NodeFacts>>,
+    known: RwLock<Known>,
     relist: Mutex<Option<HashMap<String, NodeFacts>>>,
+}
+
+#[derive(Default)]
+struct Known {
+    nodes: HashMap<String, NodeFacts>,
+    zones: HashMap<String, Zone>,
+}
+
+/// One zone's nodes, counted as the node lifecycle controller counts them.
+#[derive(Clone, Debug, Default)]
+struct Zone {
+    ready: usize,
+    not_ready: usize,
+    disrupted: bool,
+    calm_since: Option<Timestamp>,
 }
 
 impl NodeIndex {
     /// Folds one watch event in; returns the nodes whose facts changed, so
     /// that only their jobs are woken.
     pub fn apply(&self, event: &Event<Node>) -> Vec<String> {
+        self.apply_at(event, Timestamp::now())
+    }
+
+    /// [`Self::apply`] at a given time: when a zone comes out of a
+    /// disruption is when its nodes' clocks restart.
+    pub fn apply_at(&self, event: &Event<Node>, now: Timestamp) -> Vec<String> {
         match event {
-            Event::Apply(node) => self.set(node.name_any(), Some(NodeFacts::of(node))),
-            Event::Delete(node) => self.set(node.name_any(), None),
+            Event::Apply(node) => self.set(node.name_any(), Some(NodeFacts::of(node)), now),
+            Event::Delete(node) => self.set(node.name_any(), None, now),
             Event::Init => {
                 *self.relist.lock().unwrap() = Some(HashMap::new());
                 Vec::new()
@@ -131,31 +204,103 @@ impl NodeIndex {
                 let Some(new) = self.relist.lock().unwrap().take() else {
                     return Vec::new();
                 };
-                let mut map = self.nodes.write().unwrap();
-                let changed = changed_between(&map, &new);
-                *map = new;
-                changed
+                self.replace(new, now)
             }
         }
     }
 
-    fn set(&self, name: String, facts: Option<NodeFacts>) -> Vec<String> {
-        let mut map = self.nodes.write().unwrap();
-        let changed = match facts {
-            Some(f) => map.insert(name.clone(), f.clone()).as_ref() != Some(&f),
-            None => map.remove(&name).is_some(),
+    fn set(&self, name: String, facts: Option<NodeFacts>, now: Timestamp) -> Vec<String> {
+        let mut known = self.known.write().unwrap();
+        let old = match &facts {
+            Some(f) => known.nodes.insert(name.clone(), f.clone()),
+            None => known.nodes.remove(&name),
         };
-        if changed {
-            vec![name]
-        } else {
-            Vec::new()
+        if old == facts {
+            return Vec::new();
         }
+        let zones: Vec<String> = old.iter().chain(&facts).map(|f| f.zone.clone()).collect();
+        for (f, delta) in [(old.as_ref(), -1), (facts.as_ref(), 1)] {
+            if let Some(f) = f {
+                known.count(f, delta);
+            }
+        }
+        let mut changed = vec![name];
+        for zone in zones {
+            changed.extend(known.settle(&zone, now));
+        }
+        changed.sort();
+        changed.dedup();
+        changed
     }
 
-    /// What is known of a node. None: not seen (not listed yet, deleted,
-    /// or the operator may not watch nodes).
+    fn replace(&self, new: HashMap<String, NodeFacts>, now: Timestamp) -> Vec<String> {
+        let mut known = self.known.write().unwrap();
+        let mut changed = changed_between(&known.nodes, &new);
+        known.nodes = new;
+        for zone in known.zones.values_mut() {
+            (zone.ready, zone.not_ready) = (0, 0);
+        }
+        let facts: Vec<NodeFacts> = known.nodes.values().cloned().collect();
+        for f in &facts {
+            known.count(f, 1);
+        }
+        let zones: Vec<String> = known.zones.keys().cloned().collect();
+        for zone in zones {
+            changed.extend(known.settle(&zone, now));
+        }
+        changed.sort();
+        changed.dedup();
+        changed
+    }
+
+    /// What is known of a node and its zone. None: not seen (not listed
+    /// yet, deleted, or the operator may not watch nodes).
     pub fn get(&self, name: &str) -> Option<NodeFacts> {
-        self.nodes.read().unwrap().get(name).cloned()
+        let known = self.known.read().unwrap();
+        let mut facts = known.nodes.get(name).cloned()?;
+        if let Some(zone) = known.zones.get(&facts.zone) {
+            facts.zone_disrupted = zone.disrupted;
+            facts.zone_calm_since = zone.calm_since;
+        }
+        Some(facts)
+    }
+}
+
+impl Known {
+    fn count(&mut self, facts: &NodeFacts, delta: isize) {
+        let zone = self.zones.entry(facts.zone.clone()).or_default();
+        let n = if facts.ready {
+            &mut zone.ready
+        } else {
+            &mut zone.not_ready
+        };
+        *n = n.saturating_add_signed(delta);
+    }
+
+    /// Judges a zone again after its counts moved. When that changes
+    /// whether it is disrupted, every node in it is returned as changed:
+    /// their jobs must look again.
+    fn settle(&mut self, key: &str, now: Timestamp) -> Vec<String> {
+        let Some(zone) = self.zones.get_mut(key) else {
+            return Vec::new();
+        };
+        if zone.ready + zone.not_ready == 0 {
+            self.zones.remove(key);
+            return Vec::new();
+        }
+        let disrupted = disrupted(zone.ready, zone.not_ready);
+        if disrupted == zone.disrupted {
+            return Vec::new();
+        }
+        zone.disrupted = disrupted;
+        if !disrupted {
+            zone.calm_since = Some(now);
+        }
+        self.nodes
+            .iter()
+            .filter(|(_, f)| f.zone == key)
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 }
 
@@ -258,5 +403,76 @@ mod tests {
             idx.apply(&Event::Delete(node("b", "True", json!([])))),
             ["b"]
         );
+    }
+
+    fn in_zone(name: &str, ready: &str, zone: &str) -> Node {
+        let mut n = node(name, ready, json!([]));
+        n.metadata.labels = Some(
+            [(ZONE_LABELS[1].to_string(), zone.to_string())]
+                .into_iter()
+                .collect(),
+        );
+        n
+    }
+
+    #[test]
+    fn a_zone_is_disrupted_as_the_node_lifecycle_controller_judges_it() {
+        assert!(disrupted(0, 1), "no node Ready");
+        assert!(!disrupted(1, 1) && !disrupted(1, 2), "two or fewer down");
+        assert!(disrupted(2, 3), "three down, 60%");
+        assert!(!disrupted(3, 3), "50%");
+        assert!(!disrupted(0, 0) && !disrupted(4, 0));
+    }
+
+    #[test]
+    fn a_zone_going_dark_or_coming_back_wakes_every_node_in_it() {
+        let idx = NodeIndex::default();
+        // After the Ready transition the nodes carry (2026-01-01).
+        let t = |s: i64| Timestamp::from_second(1_767_225_600 + s).unwrap();
+        for n in [
+            in_zone("a", "True", "z"),
+            in_zone("b", "True", "z"),
+            in_zone("c", "True", "y"),
+        ] {
+            idx.apply_at(&Event::Apply(n), t(0));
+        }
+        assert_eq!(
+            idx.apply_at(&Event::Apply(in_zone("a", "Unknown", "z")), t(1)),
+            ["a"]
+        );
+        assert!(!idx.get("a").unwrap().zone_disrupted);
+        assert_eq!(
+            idx.apply_at(&Event::Apply(in_zone("b", "Unknown", "z")), t(2)),
+            ["a", "b"]
+        );
+        let a = idx.get("a").unwrap();
+        assert!(a.zone_disrupted && a.zone.ends_with("/z"), "{a:?}");
+        assert!(!idx.get("c").unwrap().zone_disrupted, "another zone");
+        assert_eq!(
+            idx.apply_at(&Event::Apply(in_zone("b", "True", "z")), t(3)),
+            ["a", "b"]
+        );
+        let a = idx.get("a").unwrap();
+        assert!(!a.zone_disrupted);
+        assert_eq!(a.zone_calm_since, Some(t(3)));
+        assert_eq!(
+            a.unready_since(t(5)),
+            t(3),
+            "the clock restarts with the zone"
+        );
+        idx.apply_at(&Event::Init, t(4));
+        idx.apply_at(&Event::InitApply(in_zone("a", "Unknown", "z")), t(4));
+        assert_eq!(idx.apply_at(&Event::InitDone, t(4)), ["a", "b", "c"]);
+        assert!(
+            idx.get("a").unwrap().zone_disrupted,
+            "a re-list judges the zone again"
+        );
+    }
+
+    #[test]
+    fn stripping_keeps_the_zone() {
+        let mut n = in_zone("a", "True", "z");
+        strip_node(&mut n);
+        assert_eq!(NodeFacts::of(&n).zone, "/z");
     }
 }

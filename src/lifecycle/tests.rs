@@ -562,6 +562,60 @@ fn a_rank_whose_node_stopped_answering_is_taken_for_lost_after_node_unreachable_
 }
 
 #[test]
+fn no_rank_is_taken_for_lost_while_its_whole_zone_stops_answering() {
+    let dark = |calm: Option<i64>| crate::nodes::NodeFacts {
+        ready: false,
+        since: Some(now() - SignedDuration::from_secs(60)),
+        reason: Some("NodeStatusUnknown".into()),
+        zone_disrupted: calm.is_none(),
+        zone_calm_since: calm.map(|s| now() - SignedDuration::from_secs(s)),
+        ..Default::default()
+    };
+    let running = job(Some(status(Phase::Running, 1)));
+    let held = run(
+        &running,
+        &[pv(1, 0), on_node(pv(1, 1), "gpu-3", dark(None))],
+    );
+    assert_eq!(held.status.preemptions, 0);
+    assert!(held.delete.is_empty() && held.requeue_after.is_none());
+    let waiting = cond(&held.status, WaitingForNode);
+    for needed in [
+        "j-a1-r1",
+        "gpu-3",
+        "node.kubernetes.io/out-of-service",
+        "its zone",
+    ] {
+        assert!(
+            waiting.message.contains(needed),
+            "{needed}: {}",
+            waiting.message
+        );
+    }
+    let again = run(
+        &job(Some(held.status.clone())),
+        &[pv(1, 0), on_node(pv(1, 1), "gpu-3", dark(None))],
+    );
+    assert!(
+        again.transitions.is_empty(),
+        "said once: {:?}",
+        again.transitions
+    );
+    // The zone answers again, but this node not yet: its clock restarts.
+    let d = run(
+        &job(Some(held.status.clone())),
+        &[pv(1, 0), on_node(pv(1, 1), "gpu-3", dark(Some(10)))],
+    );
+    assert_eq!(d.status.preemptions, 0);
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(20)));
+    assert!(crate::conditions::find(&d.status.conditions, WaitingForNode).is_none());
+    let d = run(
+        &running,
+        &[pv(1, 0), on_node(pv(1, 1), "gpu-3", dark(Some(30)))],
+    );
+    assert_eq!(d.status.interruptions[0].reason, "NodeUnreachable");
+}
+
+#[test]
 fn a_failure_with_dev_shm_full_says_to_raise_shared_memory() {
     let mut report = Report::new(Some(1));
     report.state = State::Failed;
