@@ -798,6 +798,17 @@ pub fn fake_nodes(paths: &Paths, count: u32) -> Result<()> {
     Ok(())
 }
 
+/// Deletes the fake nodes and stops kwok: a fake node left Ready beside
+/// the real one changes how its zone is judged when the real one stops
+/// answering (the operator holds only while the whole zone is dark).
+pub fn remove_fake_nodes(paths: &Paths) -> Result<()> {
+    run(kubectl(paths)?
+        .args(["delete", "nodes", "-l", "type=kwok", "--ignore-not-found"])
+        .stdout(Stdio::null()))
+    .context("deleting the fake nodes")?;
+    daemon::stop(paths, "kwok", Duration::from_secs(10))
+}
+
 fn fake_node(name: &str) -> serde_json::Value {
     let (key, value) = FAKE_NODE_MARK;
     let resources = serde_json::json!({

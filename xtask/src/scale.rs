@@ -75,7 +75,7 @@ pub fn scale(paths: &Paths, jobs: u32, systems: &[System]) -> Result<()> {
         }
         cleanup(paths)?;
     }
-    Ok(())
+    crate::node::remove_fake_nodes(paths)
 }
 
 /// N jobs of one system: the time until every pod runs, its controller's

@@ -121,8 +121,16 @@ pub struct Soak<'a> {
     kueue: bool,
 }
 
+/// Fake nodes in the real node's zone (they take no soak pod: kwok's
+/// taint keeps them off).
+const FAKE_NODES: u32 = 2;
+
 pub fn run(paths: &Paths, seed: u64, minutes: f64) -> Result<()> {
     crate::cluster_up(paths, false)?;
+    // kwok nodes beside the real one, as in a real zone: an outage of the
+    // control plane darkens them all, a kubelet that stops only its own
+    // node. The operator judges the zone from every node in it.
+    crate::node::fake_nodes(paths, FAKE_NODES)?;
     crate::images::build_and_import(paths)?;
     crate::test::install_crd(paths)?;
     prepare_namespace(paths)?;
@@ -166,6 +174,7 @@ pub fn run(paths: &Paths, seed: u64, minutes: f64) -> Result<()> {
     let outcome = soak.drive(seed, Duration::from_secs_f64(minutes * 60.0));
     soak.operators.scrape(paths);
     soak.operators.stop(paths);
+    crate::node::remove_fake_nodes(paths)?;
     let lifetimes = soak
         .watcher
         .take()
