@@ -425,7 +425,12 @@ fn hold_for_zone(d: &mut Decision, cx: &Ctx, gang: &Gang, after: SignedDuration)
         .map(|t| format!(" since {t}"))
         .unwrap_or_default();
     let note = format!(
-        "rank {rank}'s pod {} is on node {node}, which has not been Ready{since} ({}), and          neither have most nodes of its zone: that looks like the control plane losing touch          with its nodes rather than the machines going, so, as Kubernetes' node lifecycle          controller evicts nothing then, no rank is taken for lost. If the machine is known          to be off, release it with `kubectl taint nodes {node}          node.kubernetes.io/out-of-service=nodeshutdown:NoExecute` or `kubectl delete node {node}`",
+        "rank {rank}'s pod {} is on node {node}, which has not been Ready{since} ({}), and \
+         neither have most nodes of its zone: that looks like the control plane losing touch \
+         with its nodes rather than the machines going, so, as Kubernetes' node lifecycle \
+         controller evicts nothing then, no rank is taken for lost. If the machine is known \
+         to be off, release it with `kubectl taint nodes {node} \
+         node.kubernetes.io/out-of-service=nodeshutdown:NoExecute` or `kubectl delete node {node}`",
         p.name,
         facts.reason.as_deref().unwrap_or("no reason given"),
     );

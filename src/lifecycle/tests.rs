@@ -581,9 +581,8 @@ fn no_rank_is_taken_for_lost_while_its_whole_zone_stops_answering() {
     let waiting = cond(&held.status, WaitingForNode);
     for needed in [
         "j-a1-r1",
-        "gpu-3",
-        "node.kubernetes.io/out-of-service",
         "its zone",
+        "`kubectl taint nodes gpu-3 node.kubernetes.io/out-of-service=nodeshutdown:NoExecute`",
     ] {
         assert!(
             waiting.message.contains(needed),
@@ -591,6 +590,7 @@ fn no_rank_is_taken_for_lost_while_its_whole_zone_stops_answering() {
             waiting.message
         );
     }
+    assert!(!waiting.message.contains("  "), "{}", waiting.message);
     let again = run(
         &job(Some(held.status.clone())),
         &[pv(1, 0), on_node(pv(1, 1), "gpu-3", dark(None))],
