@@ -119,6 +119,10 @@ pub struct Soak<'a> {
     pub applied: Vec<Applied>,
     /// Kueue is up: one slot's jobs queue through it.
     kueue: bool,
+    /// Live jobs at each poll while faults are injected: polls, sum, least.
+    pub live: (usize, usize, usize),
+    /// Slots with no live job when the faults stopped.
+    pub empty_slots: Vec<usize>,
 }
 
 pub fn run(paths: &Paths, seed: u64, minutes: f64) -> Result<()> {
@@ -159,6 +163,8 @@ pub fn run(paths: &Paths, seed: u64, minutes: f64) -> Result<()> {
         started: Instant::now(),
         applied: Vec::new(),
         kueue,
+        live: (0, 0, usize::MAX),
+        empty_slots: Vec::new(),
     };
     step(format!(
         "soak: seed {seed}, {minutes} minutes, {} jobs at a time{}",
@@ -218,6 +224,10 @@ impl Soak<'_> {
                 .with_context(|| format!("applying {}", planned.fault.name()))?;
             self.record(planned.fault, at, hit);
         }
+        self.poll();
+        self.empty_slots = (0..self.slots.len())
+            .filter(|&slot| self.jobs[self.slots[slot]].ended)
+            .collect();
         self.creating = false;
         step("the soak's time is up: every job runs to its end");
         crate::util::wait_for("every job to end", Duration::from_secs(1800), || {
@@ -283,18 +293,24 @@ impl Soak<'_> {
         for slot in 0..self.slots.len() {
             let j = self.slots[slot];
             let phase = self.jobs[j].phase().to_string();
-            if self.jobs[j].ended || !matches!(phase.as_str(), "Succeeded" | "Failed") {
-                continue;
+            if !self.jobs[j].ended && matches!(phase.as_str(), "Succeeded" | "Failed") {
+                self.jobs[j].final_line = self.final_line(&self.jobs[j].name);
+                self.jobs[j].ended = true;
+                step(format!("{} {phase}", self.jobs[j].name));
             }
-            self.jobs[j].final_line = self.final_line(&self.jobs[j].name);
-            self.jobs[j].ended = true;
-            step(format!("{} {phase}", self.jobs[j].name));
-            if self.creating {
+            // A job that ended while a barrier held creation back is
+            // replaced once it lets go: a slot must never stay empty.
+            if self.jobs[j].ended && self.creating {
                 match self.start_job(slot) {
                     Ok(()) => self.slots[slot] = self.jobs.len() - 1,
                     Err(e) => eprintln!("could not start the next job of slot {slot}: {e:#}"),
                 }
             }
+        }
+        if self.creating {
+            let live = self.slots.iter().filter(|&&j| !self.jobs[j].ended).count();
+            let (polls, sum, least) = self.live;
+            self.live = (polls + 1, sum + live, least.min(live));
         }
     }
 

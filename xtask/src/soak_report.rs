@@ -22,6 +22,7 @@ pub struct Report {
     errors: BTreeMap<String, f64>,
     peak_rss_kib: u64,
     operator_exits: u32,
+    empty_slots: Vec<usize>,
 }
 
 /// The node-loss routes reach the operator under several reasons, by
@@ -46,6 +47,7 @@ impl Report {
     ) -> Self {
         let mut r = Report {
             jobs: soak.jobs.len(),
+            empty_slots: soak.empty_slots.clone(),
             not_succeeded: vec![],
             final_mismatches: vec![],
             injected: BTreeMap::new(),
@@ -131,6 +133,14 @@ impl Report {
             self.jobs,
             self.jobs - self.not_succeeded.len()
         );
+        let (polls, sum, least) = soak.live;
+        if polls > 0 {
+            println!(
+                "jobs at a time while faults were injected: {:.1} on average, {least} at least, of {} slots",
+                sum as f64 / polls as f64,
+                crate::soak::SHAPES.len()
+            );
+        }
         println!(
             "final line equal to the uninterrupted run's: {} of {}",
             self.jobs - self.final_mismatches.len(),
@@ -198,6 +208,12 @@ impl Report {
         }
         if let Err(e) = &self.lifetimes {
             p.push(e.clone());
+        }
+        if !self.empty_slots.is_empty() {
+            p.push(format!(
+                "slots with no job when the faults stopped: {:?}",
+                self.empty_slots
+            ));
         }
         p
     }
