@@ -216,21 +216,12 @@ fn job(system: System, i: u32) -> serde_json::Value {
 
 /// Server-side apply in lists of 500: one request per list item, as a
 /// user's `kubectl apply -f dir/` would make.
-/// `kubectl create` in lists of 500: one POST an object. A client-side
-/// apply also GETs each object first and stores the whole object again in
-/// an annotation, which the API server, etcd and every cache then carry.
 fn create_jobs(paths: &Paths, system: System, jobs: u32) -> Result<()> {
     step(format!("creating {jobs} {system:?}s"));
     for chunk in (0..jobs).collect::<Vec<_>>().chunks(500) {
         let items: Vec<serde_json::Value> = chunk.iter().map(|i| job(system, *i)).collect();
         let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
-        let created = crate::util::run_with_input(
-            kubectl(paths)?
-                .args(["create", "-n", NAMESPACE, "-f", "-"])
-                .stdout(Stdio::null()),
-            list.to_string().as_bytes(),
-        )?;
-        anyhow::ensure!(created.success(), "kubectl create of {system:?}s failed");
+        crate::controlplane::kubectl_apply(paths, Some(NAMESPACE), &list.to_string())?;
     }
     Ok(())
 }
