@@ -434,6 +434,12 @@ fn hold_for_zone(d: &mut Decision, cx: &Ctx, gang: &Gang, after: SignedDuration)
         p.name,
         facts.reason.as_deref().unwrap_or("no reason given"),
     );
+    wait_for_node(d, cx, note);
+}
+
+/// Sets `WaitingForNode` to `note`, with its event, unless it says so
+/// already.
+fn wait_for_node(d: &mut Decision, cx: &Ctx, note: String) {
     let known = crate::conditions::find(&d.status.conditions, ConditionType::WaitingForNode)
         .is_some_and(|c| c.status == "True" && c.message == note);
     if !known {
@@ -647,11 +653,7 @@ fn wait_for_nodes(d: &mut Decision, cx: &Ctx) {
         d.status.attempt + 1,
         first.name,
     );
-    let known = crate::conditions::find(&d.status.conditions, ConditionType::WaitingForNode)
-        .is_some_and(|c| c.status == "True" && c.message == note);
-    if !known {
-        d.transition(cx, Transition::WaitingForNode { note });
-    }
+    wait_for_node(d, cx, note);
 }
 
 fn fail(d: &mut Decision, cx: &Ctx, reason: FailReason, note: String) {

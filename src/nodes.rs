@@ -224,18 +224,13 @@ impl NodeIndex {
                 known.count(f, delta);
             }
         }
-        let mut changed = vec![name];
-        for zone in zones {
-            changed.extend(known.settle(&zone, now));
-        }
-        changed.sort();
-        changed.dedup();
-        changed
+        let changed = vec![name];
+        known.settle_all(zones, now, changed)
     }
 
     fn replace(&self, new: HashMap<String, NodeFacts>, now: Timestamp) -> Vec<String> {
         let mut known = self.known.write().unwrap();
-        let mut changed = changed_between(&known.nodes, &new);
+        let changed = changed_between(&known.nodes, &new);
         known.nodes = new;
         for zone in known.zones.values_mut() {
             (zone.ready, zone.not_ready) = (0, 0);
@@ -245,12 +240,7 @@ impl NodeIndex {
             known.count(f, 1);
         }
         let zones: Vec<String> = known.zones.keys().cloned().collect();
-        for zone in zones {
-            changed.extend(known.settle(&zone, now));
-        }
-        changed.sort();
-        changed.dedup();
-        changed
+        known.settle_all(zones, now, changed)
     }
 
     /// What is known of a node and its zone. None: not seen (not listed
@@ -275,6 +265,21 @@ impl Known {
             &mut zone.not_ready
         };
         *n = n.saturating_add_signed(delta);
+    }
+
+    /// Judges `zones` again and adds their woken nodes to `changed`.
+    fn settle_all(
+        &mut self,
+        zones: Vec<String>,
+        now: Timestamp,
+        mut changed: Vec<String>,
+    ) -> Vec<String> {
+        for zone in zones {
+            changed.extend(self.settle(&zone, now));
+        }
+        changed.sort();
+        changed.dedup();
+        changed
     }
 
     /// Judges a zone again after its counts moved. When that changes
