@@ -302,6 +302,18 @@ fn a_lost_vm_is_a_preemption_by_podgc_and_the_job_resumes_when_capacity_returns(
     );
 }
 
+/// A `WaitingForNode` message names attempt 1's pod, the node, and the
+/// taint that releases it.
+fn names_the_pod_and_the_release(message: &str) {
+    for needed in [
+        format!("{JOB}-a1-r0").as_str(),
+        NODE_NAME,
+        "node.kubernetes.io/out-of-service",
+    ] {
+        assert!(message.contains(needed), "{needed} in {message}");
+    }
+}
+
 #[test]
 #[ignore = "needs the local cluster: cargo xtask test"]
 fn an_unreachable_node_is_held_while_its_zone_is_dark_then_taken_for_lost_and_released_by_the_out_of_service_taint(
@@ -319,13 +331,7 @@ fn an_unreachable_node_is_held_while_its_zone_is_dark_then_taken_for_lost_and_re
         r.status(waiting).contains("its zone")
     });
     let held = run.status(waiting);
-    for needed in [
-        format!("{JOB}-a1-r0").as_str(),
-        NODE_NAME,
-        "node.kubernetes.io/out-of-service",
-    ] {
-        assert!(held.contains(needed), "{needed} in {held}");
-    }
+    names_the_pod_and_the_release(&held);
     assert_eq!(
         (
             run.status("{.status.attempt}"),
@@ -343,13 +349,7 @@ fn an_unreachable_node_is_held_while_its_zone_is_dark_then_taken_for_lost_and_re
         |r| r.status(waiting).contains("attempt 2 waits"),
     );
     let message = run.status(waiting);
-    for needed in [
-        format!("{JOB}-a1-r0").as_str(),
-        NODE_NAME,
-        "node.kubernetes.io/out-of-service",
-    ] {
-        assert!(message.contains(needed), "{needed} in {message}");
-    }
+    names_the_pod_and_the_release(&message);
     let events = kubectl_ok(&[
         "get",
         "events",
