@@ -49,17 +49,31 @@ async fn dry_run(client: &Client, ns: &str, attempt: &Attempt) -> Result<Option<
     };
     if let Some(pod) = attempt.pods.first() {
         let api = Api::<Pod>::namespaced(client.clone(), ns);
-        if let Some(p) = refusal(api.create(&params, pod).await, "Pod", &pod.name_any())? {
+        let answer = existing_is_admitted(api.create(&params, pod).await);
+        if let Some(p) = refusal(answer, "Pod", &pod.name_any())? {
             return Ok(Some(p));
         }
     }
     if let Some(svc) = &attempt.service {
         let api = Api::<Service>::namespaced(client.clone(), ns);
-        if let Some(p) = refusal(api.create(&params, svc).await, "Service", &svc.name_any())? {
+        let answer = existing_is_admitted(api.create(&params, svc).await);
+        if let Some(p) = refusal(answer, "Service", &svc.name_any())? {
             return Ok(Some(p));
         }
     }
     Ok(None)
+}
+
+/// A dry run answered 409 AlreadyExists: an operator stopped between
+/// creating the first attempt's objects and writing status left them, and
+/// this attempt is being finished. Admission has passed them already; the
+/// create that follows keeps ours and judges anyone else's. Taken for an
+/// error, it failed that reconcile, and every one after it, for good.
+fn existing_is_admitted<T>(answer: kube::Result<T>) -> kube::Result<Option<T>> {
+    match answer {
+        Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => Ok(None),
+        other => other.map(Some),
+    }
 }
 
 /// A create's answer as a problem of the spec, when it is one.

@@ -353,3 +353,40 @@ async fn a_failed_reconcile_is_counted_by_kind_and_backs_off() {
         "{text}"
     );
 }
+
+/// An operator stopped after creating rank 0's pod and the Service of a
+/// job's first attempt, before it wrote status: the next reconcile's dry
+/// run meets objects that exist. It must finish the attempt; in the soak it
+/// failed on the dry run's 409 in every reconcile for 20 minutes.
+#[tokio::test]
+async fn a_first_attempt_left_half_made_by_a_stopped_operator_is_finished() {
+    let (ctx, mut api) = harness().split();
+    let j = job(2, None);
+    ctx.pods.apply(&watcher::Event::Apply(cached_pod(
+        &j,
+        1,
+        0,
+        json!({"phase": "Pending"}),
+    )));
+    let svc = "/api/v1/namespaces/ns/services";
+    let exists = |name: &str| refusal(409, "AlreadyExists", &format!("{name:?} already exists"));
+    let result = scripted(&ctx, &j, async {
+        expect(&mut api, "GET", CLAIM, 200, claim("ReadWriteMany")).await;
+        expect(&mut api, "POST", PODS, 409, exists("j-a1-r0")).await; // dry run
+        expect(&mut api, "POST", svc, 409, exists("j")).await; // dry run
+        expect(&mut api, "POST", svc, 409, exists("j")).await;
+        let ours = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "j", "namespace": "ns", "ownerReferences": [{"apiVersion": "trainingjob.dev/v1alpha1",
+            "kind": "TrainingJob", "name": "j", "uid": "uid-1", "controller": true}]}});
+        expect(&mut api, "GET", &format!("{svc}/j"), 200, ours).await;
+        let pod = expect(&mut api, "POST", PODS, 201, Value::Null).await;
+        assert_eq!(pod["metadata"]["name"], "j-a1-r1", "rank 0 exists already");
+        let status = expect_status(&mut api, &j).await;
+        assert_eq!(status["status"]["attempt"], 1);
+        let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+        assert_eq!(event["reason"], "Started");
+    })
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(ctx.metrics.pods_created.get(), 1);
+}
