@@ -1,6 +1,9 @@
-//! The PNG `bench peers` draws: rank 0's step over time for each workload,
-//! one panel per batch, with the disruptions as vertical lines. A drop in a
-//! line is work redone: the trainer went back to its checkpoint.
+//! The PNGs the benches draw.
+//! - `bench peers`: rank 0's step over time for each workload, one panel
+//!   per batch, with the disruptions as vertical lines. A drop in a line is
+//!   work redone: the trainer went back to its checkpoint.
+//! - `bench scale`: the controller's and the API server's memory over time
+//!   while N jobs are created and brought up, one line per system.
 
 use crate::peers::{Applied, Outcome, Scenario};
 use anyhow::{anyhow, Context, Result};
@@ -90,6 +93,71 @@ fn draw_panel(
     Ok(())
 }
 
+/// Two panels, the controller's RSS and the API server's, against the
+/// seconds since creation began; `systems` are (name, samples) pairs.
+pub fn memory_over_time(
+    png: &Path,
+    jobs: u32,
+    systems: &[(String, Vec<crate::scale::Sample>)],
+) -> Result<()> {
+    register_font()?;
+    if let Some(dir) = png.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let root = BitMapBackend::new(png, (1200, 960)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let panels = root.split_evenly((2, 1));
+    let titles = [
+        format!("{jobs} jobs: the controller's RSS (for Job, all of kube-controller-manager)"),
+        format!("{jobs} jobs: kube-apiserver's RSS"),
+    ];
+    for (i, panel) in panels.iter().enumerate() {
+        draw_memory(panel, &titles[i], systems, i)
+            .map_err(|e| anyhow!("drawing {}: {e}", png.display()))?;
+    }
+    root.present()
+        .map_err(|e| anyhow!("writing {}: {e}", png.display()))
+}
+
+fn draw_memory(
+    panel: &Panel,
+    title: &str,
+    systems: &[(String, Vec<crate::scale::Sample>)],
+    process: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mib = |s: &crate::scale::Sample| s.1[process] as f64 / f64::from(1 << 20);
+    let points = systems.iter().flat_map(|(_, s)| s.iter());
+    let (x_max, y_max) = points.fold((10.0f64, 16.0f64), |(x, y), s| (x.max(s.0), y.max(mib(s))));
+    let mut chart = ChartBuilder::on(panel)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..x_max * 1.05, 0f64..y_max * 1.1)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the jobs' creation began")
+        .y_desc("RSS (MiB)")
+        .draw()?;
+    for (i, (name, series)) in systems.iter().enumerate() {
+        let colour = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                series.iter().map(|s| (s.0, mib(s))),
+                colour.stroke_width(2),
+            ))?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
+    Ok(())
+}
+
 /// The text needs a TrueType font; fonts-dejavu-core is installed if none
 /// of the usual paths has one.
 fn register_font() -> Result<()> {
@@ -138,6 +206,29 @@ mod tests {
             vec![outcome("tj-2r")],
         ];
         steps_over_time(&png, &FITS, &batches, &[vec![applied(4.0)], vec![]]).unwrap();
+        let bytes = std::fs::read(&png).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
+        let _ = std::fs::remove_file(&png);
+    }
+
+    #[test]
+    fn draws_memory_over_time_for_each_system() {
+        let series = |mib: u64| -> Vec<crate::scale::Sample> {
+            (0..50)
+                .map(|i: u32| {
+                    (
+                        f64::from(i),
+                        [(mib + u64::from(i)) << 20, 900 << 20, 100 << 20],
+                    )
+                })
+                .collect()
+        };
+        let png = std::env::temp_dir().join(format!("tjo-mem-{}.png", std::process::id()));
+        let systems = [
+            ("Trainingjob".to_string(), series(16)),
+            ("Jobset".to_string(), series(40)),
+        ];
+        memory_over_time(&png, 100, &systems).unwrap();
         let bytes = std::fs::read(&png).unwrap();
         assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
         let _ = std::fs::remove_file(&png);

@@ -16,7 +16,7 @@ use crate::daemon;
 use crate::demo::start_operator;
 use crate::util::{output, run, step, unix_now, wait_for, Paths};
 use anyhow::{bail, Context, Result};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -64,39 +64,51 @@ pub fn scale(paths: &Paths, jobs: u32, systems: &[System]) -> Result<()> {
     crate::cluster_up(paths, false)?;
     crate::node::fake_nodes(paths, pods.div_ceil(PODS_PER_FAKE_NODE) + 1)?;
     crate::test::install_crd(paths)?;
+    let mut memory = Vec::new();
     for &system in systems {
         fresh_namespace(paths)?;
         if system == System::Trainingjob {
             start_operator(paths, NAMESPACE)?;
         }
-        measure(paths, system, jobs, pods)?;
+        memory.push((format!("{system:?}"), measure(paths, system, jobs, pods)?));
         if system == System::Trainingjob {
             restart(paths, jobs)?;
         }
         cleanup(paths)?;
     }
+    let png = paths.root.join(format!("target/bench/scale-{jobs}.png"));
+    crate::plot::memory_over_time(&png, jobs, &memory)?;
+    println!("scale: plot written to {}", png.display());
     crate::node::remove_fake_nodes(paths)
 }
 
 /// N jobs of one system: the time until every pod runs, its controller's
 /// peak RSS and CPU, API requests per job, and one preemption at N jobs.
-fn measure(paths: &Paths, system: System, jobs: u32, pods: u32) -> Result<()> {
+fn measure(paths: &Paths, system: System, jobs: u32, pods: u32) -> Result<Vec<Sample>> {
     let (process, client) = system.controller();
     let pid = daemon::pid(paths, process).with_context(|| format!("{process}'s pid"))?;
     let cpu0 = cpu_seconds(pid);
     let peak = Peaks::sample(paths, pid);
     let (t0, since) = (Instant::now(), unix_now());
     create_jobs(paths, system, jobs)?;
+    step(format!(
+        "{jobs} {system:?}s created in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    ));
     wait_for(
         &format!("all {pods} pods of {jobs} {system:?}s Running"),
         Duration::from_secs(120 + u64::from(pods) / 2),
-        || running_pods(paths) >= pods,
+        || all_running(paths, pods),
     )?;
     let up = t0.elapsed();
+    step(format!(
+        "all Running; {process} RSS now {} MiB",
+        rss_bytes(pid) >> 20
+    ));
     let created = crate::audit::requests_by_client(paths, since, unix_now());
     let cpu = cpu_seconds(pid) - cpu0;
     let (resume, during) = inject_preemption(paths, system)?;
-    let (rss, api, etcd) = peak.finish();
+    let ((rss, api, etcd), series) = peak.finish();
     let per_job = |c: &std::collections::BTreeMap<String, u64>| {
         c.get(client).copied().unwrap_or(0) as f64 / f64::from(jobs)
     };
@@ -126,7 +138,7 @@ fn measure(paths: &Paths, system: System, jobs: u32, pods: u32) -> Result<()> {
         }
         println!("scale Trainingjob {jobs} jobs: reconcile p50 {p50:.1} ms, p99 {p99:.1} ms (bucket bounds)");
     }
-    Ok(())
+    Ok(series)
 }
 
 /// Every client's count over `per`, the largest first: for a JobSet the
@@ -140,19 +152,33 @@ fn by_client(counts: &std::collections::BTreeMap<String, u64>, per: f64) -> Stri
         .join(", ")
 }
 
-/// Pods in the namespace the kubelet (kwok) reports Running.
-fn running_pods(paths: &Paths) -> u32 {
-    output(kubectl(paths).unwrap().args([
-        "get",
-        "pods",
-        "-n",
-        NAMESPACE,
-        "--field-selector=status.phase=Running",
-        "-o",
-        "name",
-        "--chunk-size=1000",
-    ]))
-    .map_or(0, |s| s.lines().count() as u32)
+/// Whether `pods` pods exist in the namespace and none is other than
+/// Running. Two one-item pages from the API server's cache: listing every
+/// pod twice a second at tens of thousands of pods loaded the very API
+/// server being measured.
+fn all_running(paths: &Paths, pods: u32) -> bool {
+    let page = |query: &str| -> Option<serde_json::Value> {
+        let url = format!("/api/v1/namespaces/{NAMESPACE}/pods?limit=1{query}");
+        let text = output(kubectl(paths).ok()?.args(["get", "--raw", &url])).ok()?;
+        serde_json::from_str(&text).ok()
+    };
+    let count = |p: &serde_json::Value| {
+        p["items"].as_array().map_or(0, Vec::len) as u64
+            + p["metadata"]["remainingItemCount"].as_u64().unwrap_or(0)
+    };
+    let Some(all) = page("") else { return false };
+    if count(&all) < u64::from(pods) {
+        return false;
+    }
+    let Some(other) = page("&fieldSelector=status.phase%21%3DRunning") else {
+        return false;
+    };
+    let empty = other["items"].as_array().is_some_and(Vec::is_empty);
+    empty
+        && other["metadata"]["continue"]
+            .as_str()
+            .unwrap_or("")
+            .is_empty()
 }
 
 fn fresh_namespace(paths: &Paths) -> Result<()> {
@@ -214,15 +240,45 @@ fn job(system: System, i: u32) -> serde_json::Value {
     })
 }
 
-/// Server-side apply in lists of 500: one request per list item, as a
-/// user's `kubectl apply -f dir/` would make.
+/// `kubectl create` in lists of 250, four at a time: one POST an object.
+/// A client-side apply also GETs each object first and stores the whole
+/// object again in an annotation, which the API server, etcd and every
+/// cache then carry; one list at a time left the API server idle between
+/// round trips, and creation fell to 2 jobs a second at 3640 jobs.
 fn create_jobs(paths: &Paths, system: System, jobs: u32) -> Result<()> {
     step(format!("creating {jobs} {system:?}s"));
-    for chunk in (0..jobs).collect::<Vec<_>>().chunks(500) {
-        let items: Vec<serde_json::Value> = chunk.iter().map(|i| job(system, *i)).collect();
-        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
-        crate::controlplane::kubectl_apply(paths, Some(NAMESPACE), &list.to_string())?;
+    let kubectl = crate::controlplane::kubectl_maker(paths)?;
+    let all: Vec<u32> = (0..jobs).collect();
+    let lists: Vec<&[u32]> = all.chunks(250).collect();
+    for wave in lists.chunks(4) {
+        std::thread::scope(|s| {
+            let workers: Vec<_> = wave
+                .iter()
+                .map(|chunk| s.spawn(|| create_list(&kubectl, system, chunk)))
+                .collect();
+            workers
+                .into_iter()
+                .try_for_each(|w| w.join().expect("kubectl create thread"))
+        })?;
     }
+    Ok(())
+}
+
+fn create_list(kubectl: &impl Fn() -> Command, system: System, chunk: &[u32]) -> Result<()> {
+    let items: Vec<serde_json::Value> = chunk.iter().map(|i| job(system, *i)).collect();
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let created = crate::util::run_with_input(
+        kubectl()
+            .args(["create", "-n", NAMESPACE, "-f", "-"])
+            .stdout(Stdio::null()),
+        list.to_string().as_bytes(),
+    )?;
+    anyhow::ensure!(
+        created.success(),
+        "kubectl create of {system:?}s j{}..j{} failed",
+        chunk[0],
+        chunk[chunk.len() - 1]
+    );
     Ok(())
 }
 
@@ -275,7 +331,7 @@ fn restart(paths: &Paths, jobs: u32) -> Result<()> {
         || metric_sum("trainingjob_reconciles_total") >= f64::from(jobs),
     )?;
     let converged = t0.elapsed();
-    let (rss, api, etcd) = peak.finish();
+    let ((rss, api, etcd), _) = peak.finish();
     println!(
         "restart at {jobs} jobs: every job reconciled {:.1}s after the start; operator peak RSS {} MiB, {:.1} CPU s; \
          peak RSS API server {} MiB, etcd {} MiB",
@@ -294,12 +350,16 @@ fn cleanup(paths: &Paths) -> Result<()> {
     Ok(())
 }
 
-/// Peak resident memory of the operator, the API server and etcd, sampled
-/// every 200 ms until `finish`.
+/// Resident memory of the controller, the API server and etcd, sampled
+/// every 200 ms until `finish`: the peaks for the tables, the series for
+/// the plot.
 struct Peaks {
     stop: Arc<AtomicBool>,
-    peaks: Arc<Mutex<(u64, u64, u64)>>,
+    series: Arc<Mutex<Vec<Sample>>>,
 }
+
+/// Seconds since sampling began, and the three processes' RSS in bytes.
+pub type Sample = (f64, [u64; 3]);
 
 impl Peaks {
     fn sample(paths: &Paths, operator: i32) -> Self {
@@ -309,24 +369,25 @@ impl Peaks {
             daemon::pid(paths, "etcd"),
         ];
         let stop = Arc::new(AtomicBool::new(false));
-        let peaks = Arc::new(Mutex::new((0, 0, 0)));
-        let (halt, into) = (stop.clone(), peaks.clone());
+        let series = Arc::new(Mutex::new(Vec::new()));
+        let (halt, into, t0) = (stop.clone(), series.clone(), Instant::now());
         std::thread::spawn(move || {
             while !halt.load(Ordering::Relaxed) {
-                let rss: Vec<u64> = pids.iter().map(|p| p.map_or(0, rss_bytes)).collect();
-                let mut p = into.lock().unwrap();
-                *p = (p.0.max(rss[0]), p.1.max(rss[1]), p.2.max(rss[2]));
-                drop(p);
+                let rss = pids.map(|p| p.map_or(0, rss_bytes));
+                into.lock().unwrap().push((t0.elapsed().as_secs_f64(), rss));
                 // The sampling period, not a synchronisation.
                 std::thread::sleep(Duration::from_millis(200));
             }
         });
-        Self { stop, peaks }
+        Self { stop, series }
     }
 
-    fn finish(self) -> (u64, u64, u64) {
+    /// The peaks (controller, API server, etcd) and the whole series.
+    fn finish(self) -> ((u64, u64, u64), Vec<Sample>) {
         self.stop.store(true, Ordering::Relaxed);
-        *self.peaks.lock().unwrap()
+        let series = std::mem::take(&mut *self.series.lock().unwrap());
+        let peak = |i: usize| series.iter().map(|s| s.1[i]).max().unwrap_or(0);
+        ((peak(0), peak(1), peak(2)), series)
     }
 }
 
