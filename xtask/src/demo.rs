@@ -234,13 +234,20 @@ pub fn start_operator(paths: &Paths, namespace: &str) -> Result<()> {
     .with_context(|| daemon::log_tail(paths, OPERATOR, 20))
 }
 
+/// Where `ns/claim`'s volume lies on the node (see `provision_volume`).
+pub fn volume_dir(ns: &str, claim: &str) -> std::path::PathBuf {
+    std::path::Path::new(VOLUMES).join(ns).join(claim)
+}
+
+const VOLUMES: &str = "/var/lib/tjo-volumes";
+
 /// A hostPath PersistentVolume bound in advance to `ns/claim`: the local
 /// cluster has no dynamic provisioner.
 pub fn provision_volume(paths: &Paths, ns: &str, claim: &str, mode: &str) -> Result<()> {
     let manifest = format!(
         "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: {ns}-{claim}\nspec:\n  capacity: {{storage: 1Gi}}\n  \
          accessModes: [{mode}]\n  persistentVolumeReclaimPolicy: Retain\n  storageClassName: \"\"\n  \
-         claimRef: {{namespace: {ns}, name: {claim}}}\n  hostPath: {{path: /var/lib/tjo-volumes/{ns}/{claim}, type: DirectoryOrCreate}}\n"
+         claimRef: {{namespace: {ns}, name: {claim}}}\n  hostPath: {{path: {VOLUMES}/{ns}/{claim}, type: DirectoryOrCreate}}\n"
     );
     // A volume left from an earlier run still holds that run's checkpoints.
     let _ = output(kubectl(paths)?.args([

@@ -24,6 +24,7 @@ mod podlogs;
 mod release;
 mod scale;
 mod soak;
+mod soak_final;
 mod soak_kueue;
 mod soak_report;
 mod test;

@@ -76,6 +76,9 @@ pub struct Job {
     /// The fault injected into each attempt.
     pub causes: BTreeMap<i64, Fault>,
     pub final_line: Option<String>,
+    /// Injected into the attempt that then finished: see
+    /// `landed_after_the_end`.
+    pub late: BTreeMap<&'static str, i32>,
     pub ended: bool,
     /// Queued through Kueue (soak_kueue.rs).
     pub queued: bool,
@@ -94,6 +97,37 @@ impl Job {
     pub fn injected_total(&self) -> i64 {
         self.injected.values().map(|&n| i64::from(n)).sum()
     }
+    /// A whole-node fault hits every job the barrier found settled and not
+    /// near its end, but a drain evicts one pod after another, and under
+    /// load a job can finish before its pod's turn comes. Every rank's
+    /// trainer then exited 0 unsignalled, the attempt the fault was meant
+    /// to end is the one that Succeeded, and the operator rightly counts no
+    /// preemption. Such injections move to `late`. Whether the work was
+    /// done is the final line's check: a trainer stopped early has no
+    /// final line and no checkpoint at its last step.
+    pub fn landed_after_the_end(&mut self) {
+        let counted = self.counted();
+        let finished_clean = self.phase() == "Succeeded"
+            && self.status["failures"].as_i64() == Some(0)
+            && self.status["attempt"].as_i64() == Some(counted + 1);
+        if !finished_clean {
+            return;
+        }
+        let late: Vec<i64> = self.causes.range(counted + 1..).map(|(a, _)| *a).collect();
+        for attempt in late {
+            let Some(reason) = self.causes.remove(&attempt).and_then(|f| f.reason()) else {
+                continue;
+            };
+            if let Some(n) = self.injected.get_mut(reason) {
+                *n -= 1;
+                if *n == 0 {
+                    self.injected.remove(reason);
+                }
+            }
+            *self.late.entry(reason).or_default() += 1;
+        }
+    }
+
     fn near_end(&self) -> bool {
         let step = self.status["lastCheckpoint"]["step"].as_i64().unwrap_or(0);
         step + END_MARGIN_STEPS >= self.steps as i64
@@ -294,7 +328,8 @@ impl Soak<'_> {
             let j = self.slots[slot];
             let phase = self.jobs[j].phase().to_string();
             if !self.jobs[j].ended && matches!(phase.as_str(), "Succeeded" | "Failed") {
-                self.jobs[j].final_line = self.final_line(&self.jobs[j].name);
+                self.jobs[j].final_line = self.final_line(&self.jobs[j]);
+                self.jobs[j].landed_after_the_end();
                 self.jobs[j].ended = true;
                 step(format!("{} {phase}", self.jobs[j].name));
             }
@@ -320,8 +355,16 @@ impl Soak<'_> {
         v["items"].as_array().cloned()
     }
 
-    /// Rank 0's last line starting `final `, from the newest attempt.
-    fn final_line(&self, job: &str) -> Option<String> {
+    /// Rank 0's last line starting `final `, from the newest attempt; or,
+    /// where that pod and its log are gone, from the final checkpoint
+    /// (soak_final.rs).
+    fn final_line(&self, job: &Job) -> Option<String> {
+        self.final_log_line(&job.name).or_else(|| {
+            crate::soak_final::from_checkpoint(&crate::demo::volume_dir(NS, &job.name), job.steps)
+        })
+    }
+
+    fn final_log_line(&self, job: &str) -> Option<String> {
         let pod = self
             .pods_of(job)
             .filter(|p| crate::podlogs::rank_of(p) == 0)
@@ -456,6 +499,7 @@ impl Soak<'_> {
             interruptions: BTreeMap::new(),
             causes: BTreeMap::new(),
             final_line: None,
+            late: BTreeMap::new(),
             ended: false,
             queued,
         });
@@ -563,4 +607,61 @@ fn release_leftovers(paths: &Paths) -> Result<()> {
         ]));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(status: Value) -> Job {
+        let mut j = Job {
+            name: "s6-7".into(),
+            slot: 6,
+            steps: 2000,
+            injected: BTreeMap::new(),
+            status,
+            interruptions: BTreeMap::new(),
+            causes: BTreeMap::new(),
+            final_line: None,
+            late: BTreeMap::new(),
+            ended: false,
+            queued: false,
+        };
+        for (attempt, fault) in [
+            (1, Fault::ForceDelete),
+            (2, Fault::Evict),
+            (3, Fault::Drain),
+        ] {
+            j.causes.insert(attempt, fault);
+            *j.injected.entry(fault.reason().unwrap()).or_default() += 1;
+        }
+        j
+    }
+
+    #[test]
+    fn a_drain_that_reached_a_finished_attempt_is_late_not_missed() {
+        // The drain's eviction came after attempt 3's trainer finished.
+        let mut j =
+            job(json!({"phase": "Succeeded", "failures": 0, "attempt": 3, "preemptions": 2}));
+        j.landed_after_the_end();
+        assert_eq!(j.injected_total(), 2);
+        assert_eq!(j.injected["EvictionByEvictionAPI"], 1);
+        assert_eq!(j.late["EvictionByEvictionAPI"], 1);
+    }
+
+    #[test]
+    fn a_preemption_the_operator_missed_still_counts_as_missed() {
+        // Attempt 4 means the operator restarted the job once more than it
+        // counted: that is a miss, not a late fault.
+        for status in [
+            json!({"phase": "Succeeded", "failures": 0, "attempt": 4, "preemptions": 2}),
+            json!({"phase": "Failed", "failures": 0, "attempt": 3, "preemptions": 2}),
+            json!({"phase": "Succeeded", "failures": 1, "attempt": 3, "preemptions": 2}),
+        ] {
+            let mut j = job(status);
+            j.landed_after_the_end();
+            assert_eq!(j.injected_total(), 3);
+            assert!(j.late.is_empty());
+        }
+    }
 }

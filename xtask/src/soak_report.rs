@@ -13,6 +13,8 @@ pub struct Report {
     counted: BTreeMap<String, i64>,
     /// Jobs whose own count differs from what they were dealt.
     count_mismatches: Vec<String>,
+    /// Faults that reached a job after its trainers had finished.
+    late: Vec<String>,
     failures: i64,
     lifetimes: Result<Summary, String>,
     steps_lost: i64,
@@ -53,6 +55,7 @@ impl Report {
             injected: BTreeMap::new(),
             counted: BTreeMap::new(),
             count_mismatches: vec![],
+            late: vec![],
             failures: 0,
             lifetimes: lifetimes.map_err(|e| format!("{e:#}")),
             steps_lost: 0,
@@ -74,11 +77,14 @@ impl Report {
                 .push(format!("{}: {}", job.name, job.phase()));
         }
         let want = references.get(&job.steps);
-        if job.final_line.as_ref() != want {
+        if !crate::soak_final::matches(job.final_line.as_deref(), want.map(String::as_str)) {
             self.final_mismatches.push(format!(
                 "{}: {:?}, uninterrupted: {want:?}",
                 job.name, job.final_line
             ));
+        }
+        if !job.late.is_empty() {
+            self.late.push(format!("{} {:?}", job.name, job.late));
         }
         for (reason, n) in &job.injected {
             *self.injected.entry(route(reason)).or_default() += i64::from(*n);
@@ -154,6 +160,12 @@ impl Report {
                 "  {r:<25} {} / {}",
                 self.injected.get(r).unwrap_or(&0),
                 self.counted.get(r).unwrap_or(&0)
+            );
+        }
+        if !self.late.is_empty() {
+            println!(
+                "faults that reached a job after its trainers had finished (no preemption to count): {}",
+                self.late.join(", ")
             );
         }
         println!("failures: {}", self.failures);
