@@ -3,7 +3,7 @@
 //! and what this operator wrote or created that its watches have not shown
 //! yet.
 
-use crate::api::{TrainingJob, TrainingJobStatus};
+use crate::api::TrainingJobStatus;
 use crate::labels::JOB_LABEL;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher::Event;
@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 mod lean;
+mod template;
 pub use lean::LeanPod;
+pub use template::{full_job, strip_job};
 
 /// A job's key in the index: namespace and name. Pods of an earlier job of
 /// the same name share it, and are told apart by owner uid.
@@ -142,15 +144,6 @@ impl PodIndex {
 /// container's name and running or terminated state.
 pub fn strip_pod(pod: &mut Pod) {
     *pod = LeanPod::from(std::mem::take(pod)).to_pod();
-}
-
-/// Drops managedFields (often the largest part of a job) and the
-/// last-applied annotation.
-pub fn strip_job(job: &mut TrainingJob) {
-    job.metadata.managed_fields = None;
-    if let Some(a) = job.metadata.annotations.as_mut() {
-        a.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
 }
 
 /// How long a write or a create may go unseen by the watches before the

@@ -214,7 +214,7 @@ struct World {
 fn dereference(job: &TrainingJob, ctx: &Context) -> Result<World> {
     let ns = job.namespace().ok_or(Error::NoNamespace)?;
     let uid = job.uid().unwrap_or_default();
-    let mut job = job.clone();
+    let mut job = cache::full_job(job)?;
     // The cache may not show our own last status write yet.
     job.status = ctx.unseen.status(&uid, job.status.as_ref());
     let (mut pods, earlier): (Vec<Arc<Pod>>, Vec<Arc<Pod>>) = ctx

@@ -13,6 +13,11 @@ pub enum Error {
 
     #[error("the namespace is being deleted: no new pods can be created in it")]
     NamespaceTerminating,
+
+    /// Cannot happen unless serde fails to read what it wrote; a change to
+    /// the job replaces the cached copy.
+    #[error("the operator's cached copy of the job's template does not parse: {0}")]
+    CachedTemplate(String),
 }
 
 impl Error {
@@ -23,12 +28,13 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::NoNamespace => "no_namespace",
             Error::NamespaceTerminating => "namespace_terminating",
+            Error::CachedTemplate(_) => "cached_template",
         }
     }
 
     /// Nothing will change by retrying: wait for the object to change.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Error::NoNamespace)
+        matches!(self, Error::NoNamespace | Error::CachedTemplate(_))
     }
 }
 

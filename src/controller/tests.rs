@@ -120,8 +120,12 @@ const STATUS: &str = "/apis/trainingjob.dev/v1alpha1/namespaces/ns/trainingjobs/
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ns/events";
 const CLAIM: &str = "/api/v1/namespaces/ns/persistentvolumeclaims/c";
 
+/// Reconciles the job as the controller's cache holds it: stripped, its
+/// template folded into JSON.
 async fn reconcile_now(ctx: &Context, j: &TrainingJob) -> Result<Action> {
-    reconcile_job(j, ctx, Instant::now()).await
+    let mut cached = j.clone();
+    crate::cache::strip_job(&mut cached);
+    reconcile_job(&cached, ctx, Instant::now()).await
 }
 
 /// Runs the reconcile and the scripted API server side by side.
@@ -144,6 +148,7 @@ async fn a_new_job_creates_its_pod_before_writing_status() {
         assert_eq!(dry["metadata"]["name"], "j-a1-r0");
         let pod = expect(&mut api, "POST", PODS, 201, Value::Null).await;
         assert_eq!(pod["spec"]["containers"][0]["command"][0], "/tj/launcher");
+        assert_eq!(pod["spec"]["containers"][0]["image"], "i");
         let status = expect_status(&mut api, &j).await;
         assert_eq!(status["status"]["attempt"], 1);
         let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
