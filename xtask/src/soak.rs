@@ -105,7 +105,7 @@ impl Job {
     /// preemption. Such injections move to `late`. Whether the work was
     /// done is the final line's check: a trainer stopped early has no
     /// final line and no checkpoint at its last step.
-    pub fn landed_after_the_end(&mut self) {
+    fn landed_after_the_end(&mut self) {
         let counted = self.counted();
         let finished_clean = self.phase() == "Succeeded"
             && self.status["failures"].as_i64() == Some(0)
