@@ -244,10 +244,12 @@ const VOLUMES: &str = "/var/lib/tjo-volumes";
 /// A hostPath PersistentVolume bound in advance to `ns/claim`: the local
 /// cluster has no dynamic provisioner.
 pub fn provision_volume(paths: &Paths, ns: &str, claim: &str, mode: &str) -> Result<()> {
+    let path = volume_dir(ns, claim);
     let manifest = format!(
         "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: {ns}-{claim}\nspec:\n  capacity: {{storage: 1Gi}}\n  \
          accessModes: [{mode}]\n  persistentVolumeReclaimPolicy: Retain\n  storageClassName: \"\"\n  \
-         claimRef: {{namespace: {ns}, name: {claim}}}\n  hostPath: {{path: {VOLUMES}/{ns}/{claim}, type: DirectoryOrCreate}}\n"
+         claimRef: {{namespace: {ns}, name: {claim}}}\n  hostPath: {{path: {}, type: DirectoryOrCreate}}\n",
+        path.display()
     );
     // A volume left from an earlier run still holds that run's checkpoints.
     let _ = output(kubectl(paths)?.args([
@@ -256,7 +258,7 @@ pub fn provision_volume(paths: &Paths, ns: &str, claim: &str, mode: &str) -> Res
         &format!("{ns}-{claim}"),
         "--ignore-not-found",
     ]));
-    let _ = std::fs::remove_dir_all(format!("/var/lib/tjo-volumes/{ns}/{claim}"));
+    let _ = std::fs::remove_dir_all(&path);
     controlplane::kubectl_apply(paths, None, &manifest)
         .with_context(|| format!("creating the PersistentVolume for {ns}/{claim}"))
 }

@@ -97,6 +97,13 @@ impl Job {
     pub fn injected_total(&self) -> i64 {
         self.injected.values().map(|&n| i64::from(n)).sum()
     }
+    /// Records a preemption injected into the current attempt.
+    fn dealt(&mut self, fault: Fault, reason: &'static str) {
+        // With no failures, the n-th preemption ends attempt n.
+        self.causes.insert(self.injected_total() + 1, fault);
+        *self.injected.entry(reason).or_default() += 1;
+    }
+
     /// A whole-node fault hits every job the barrier found settled and not
     /// near its end, but a drain evicts one pod after another, and under
     /// load a job can finish before its pod's turn comes. Every rank's
@@ -276,9 +283,7 @@ impl Soak<'_> {
         if let (Some(hit), Some(reason)) = (&hit, reason) {
             for name in hit {
                 if let Some(job) = self.jobs.iter_mut().find(|j| &j.name == name) {
-                    // With no failures, the n-th preemption ends attempt n.
-                    job.causes.insert(job.injected_total() + 1, fault);
-                    *job.injected.entry(reason).or_default() += 1;
+                    job.dealt(fault, reason);
                 }
             }
         }
@@ -627,13 +632,8 @@ mod tests {
             ended: false,
             queued: false,
         };
-        for (attempt, fault) in [
-            (1, Fault::ForceDelete),
-            (2, Fault::Evict),
-            (3, Fault::Drain),
-        ] {
-            j.causes.insert(attempt, fault);
-            *j.injected.entry(fault.reason().unwrap()).or_default() += 1;
+        for fault in [Fault::ForceDelete, Fault::Evict, Fault::Drain] {
+            j.dealt(fault, fault.reason().unwrap());
         }
         j
     }
