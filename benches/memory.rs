@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use trainingjob_operator::api::TrainingJob;
-use trainingjob_operator::cache::{self, LeanPod, PodIndex, Unseen};
+use trainingjob_operator::cache::{self, LeanPod, PodIndex, Unseen, WirePod};
 use trainingjob_operator::metrics::{JobLabels, Metrics};
 
 #[global_allocator]
@@ -69,6 +69,8 @@ fn main() {
     report.metrics(&world);
     rt.block_on(report.controller(&jobs, store.clone()));
     rt.block_on(report.recorder(&world));
+    println!();
+    relist_page(&world);
     println!();
     drop(index);
     breakdown(&store, &world);
@@ -121,13 +123,13 @@ impl Report {
         (store.state(), store)
     }
 
-    /// The pod watch: parsed, stripped, into the PodIndex.
+    /// The pod watch: read as a `WirePod`, stripped, into the PodIndex.
     fn pod_index(&self, world: &[Synthetic]) -> PodIndex {
         let from = Live::now();
         let index = PodIndex::default();
         index.apply(&Event::Init);
         for json in world.iter().flat_map(|s| &s.pods) {
-            let mut pod: Pod = serde_json::from_slice(json).unwrap();
+            let mut pod = serde_json::from_slice::<WirePod>(json).unwrap().0;
             cache::strip_pod(&mut pod);
             index.apply(&Event::InitApply(pod));
         }
@@ -242,6 +244,33 @@ impl Report {
     }
 }
 
+/// What a re-list page of pods costs while it is parsed: kube reads a
+/// whole page before it hands out its pods, so the high-water mark is the
+/// page parsed, before any is stripped.
+fn relist_page(world: &[Synthetic]) {
+    let page: Vec<&[u8]> = world
+        .iter()
+        .flat_map(|s| &s.pods)
+        .take(100)
+        .map(|p| p.as_slice())
+        .collect();
+    let json = [b"[".as_slice(), &page.join(b",".as_slice()), b"]"].concat();
+    let per_pod = |parse: &dyn Fn()| {
+        let from = Live::now();
+        alloc::reset_peak();
+        parse();
+        (alloc::peak() - from.bytes) as f64 / page.len() as f64
+    };
+    let full = per_pod(&|| drop(serde_json::from_slice::<Vec<Pod>>(&json).unwrap()));
+    let wire = per_pod(&|| drop(serde_json::from_slice::<Vec<WirePod>>(&json).unwrap()));
+    println!(
+        "a re-list page of {} pods ({} B of JSON a pod), peak bytes a pod while parsed: \
+         as Pod {full:.0}, as WirePod {wire:.0}",
+        page.len(),
+        json.len() / page.len()
+    );
+}
+
 /// Where a pod's and a cached job's bytes are: a clone of each part.
 fn breakdown(store: &reflector::Store<TrainingJob>, world: &[Synthetic]) {
     use std::mem::size_of;
@@ -252,7 +281,7 @@ fn breakdown(store: &reflector::Store<TrainingJob>, world: &[Synthetic]) {
         .collect();
     let per_pod =
         |f: &dyn Fn(&Pod) -> usize| pods.iter().map(f).sum::<usize>() as f64 / pods.len() as f64;
-    println!("a pod as its watch delivers it, bytes by part:");
+    println!("a pod parsed whole, bytes by part:");
     println!("  Pod inline                       {:>8}", size_of::<Pod>());
     println!(
         "  metadata heap                    {:>8.0}",

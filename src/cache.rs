@@ -15,8 +15,10 @@ use tokio::sync::watch;
 
 mod lean;
 mod template;
+mod wire;
 pub use lean::LeanPod;
 pub use template::{full_job, strip_job};
+pub use wire::{unwire, WirePod};
 
 /// A job's key in the index: namespace and name. Pods of an earlier job of
 /// the same name share it, and are told apart by owner uid.

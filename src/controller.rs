@@ -5,7 +5,7 @@
 use crate::api::TrainingJob;
 use crate::apply::{self, Applied, Target};
 use crate::backoff::Backoff;
-use crate::cache::{self, PodIndex, Unseen};
+use crate::cache::{self, PodIndex, Unseen, WirePod};
 use crate::defaults::Defaults;
 use crate::error::{Error, Result};
 use crate::finalizers::Orphans;
@@ -112,8 +112,9 @@ pub async fn run(
     // other pods cost nothing.
     let children = list_config().labels(&managed_selector());
     let index = ctx.clone();
-    let pod_events = watcher(api::<Pod>(&client, &namespace), children.clone())
+    let pod_events = watcher(api::<WirePod>(&client, &namespace), children.clone())
         .default_backoff()
+        .map_ok(cache::unwire)
         .modify(cache::strip_pod)
         .inspect_ok(move |e| {
             index.pods.apply(e);

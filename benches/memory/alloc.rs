@@ -6,6 +6,23 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 static BYTES: AtomicI64 = AtomicI64::new(0);
 static ALLOCS: AtomicI64 = AtomicI64::new(0);
+/// The most bytes live since the last `reset_peak`.
+static PEAK: AtomicI64 = AtomicI64::new(0);
+
+fn count(bytes: i64) {
+    let now = BYTES.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
+/// Starts a new high-water mark at the bytes live now.
+pub fn reset_peak() {
+    PEAK.store(BYTES.load(Ordering::SeqCst), Ordering::SeqCst);
+}
+
+/// The high-water mark of bytes live since `reset_peak`.
+pub fn peak() -> i64 {
+    PEAK.load(Ordering::SeqCst)
+}
 
 pub struct Counting;
 
@@ -13,7 +30,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = System.alloc(layout);
         if !p.is_null() {
-            BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+            count(layout.size() as i64);
             ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         p
@@ -22,7 +39,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let p = System.alloc_zeroed(layout);
         if !p.is_null() {
-            BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+            count(layout.size() as i64);
             ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         p
@@ -37,7 +54,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let q = System.realloc(p, layout, new_size);
         if !q.is_null() {
-            BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+            count(new_size as i64 - layout.size() as i64);
         }
         q
     }
