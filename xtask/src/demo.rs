@@ -16,7 +16,27 @@ pub fn run_demo(paths: &Paths) -> Result<()> {
     crate::cluster_up(paths, false)?;
     crate::images::build_and_import(paths)?;
     crate::test::install_crd(paths)?;
+    fresh_namespace(paths)?;
+    start_quickstart(paths)?;
+    let drained = drain_the_node(paths)?;
+    wait_for("the next attempt to run", Duration::from_secs(180), || {
+        jsonpath(paths, "tj/quickstart", "{.status.attempt}") == "2"
+            && jsonpath(paths, "tj/quickstart", "{.status.phase}") == "Running"
+    })?;
+    let resumed_after = drained.elapsed();
+    wait_for_success(paths)?;
+    report(paths, resumed_after)?;
+    step(format!(
+        "demo done in {:.0}s",
+        started.elapsed().as_secs_f64()
+    ));
+    controlplane::print_usage(paths);
+    Ok(())
+}
 
+/// The demo namespace with the operator installed, no job of an earlier
+/// run, and a fresh volume.
+fn fresh_namespace(paths: &Paths) -> Result<()> {
     step(format!(
         "namespace {NAMESPACE:?}, emptied of an earlier run, with a fresh volume"
     ));
@@ -39,8 +59,11 @@ pub fn run_demo(paths: &Paths) -> Result<()> {
             ])
             .stdout(std::process::Stdio::null()))?;
     }
-    provision_volume(paths, NAMESPACE, "quickstart-checkpoints", "ReadWriteOnce")?;
+    provision_volume(paths, NAMESPACE, "quickstart-checkpoints", "ReadWriteOnce")
+}
 
+/// Applies the quickstart and waits for its trainer's first 100 steps.
+fn start_quickstart(paths: &Paths) -> Result<()> {
     step("kubectl apply -f examples/quickstart.yaml");
     run(kubectl(paths)?
         .args(["apply", "-n", NAMESPACE, "-f"])
@@ -55,8 +78,12 @@ pub fn run_demo(paths: &Paths) -> Result<()> {
             )
             .map(|l| l.lines().filter(|l| l.starts_with("step ")).count() >= 100)
             .unwrap_or(false)
-    })?;
+    })
+}
 
+/// Drains the node under the job and uncordons it again, as new capacity;
+/// returns when the drain began.
+fn drain_the_node(paths: &Paths) -> Result<Instant> {
     step(format!(
         "preempting: kubectl drain {} (the cloud taking the node away)",
         controlplane::NODE_NAME
@@ -82,12 +109,10 @@ pub fn run_demo(paths: &Paths) -> Result<()> {
     if !drain.success() {
         bail!("kubectl drain failed");
     }
-    wait_for("the next attempt to run", Duration::from_secs(180), || {
-        jsonpath(paths, "tj/quickstart", "{.status.attempt}") == "2"
-            && jsonpath(paths, "tj/quickstart", "{.status.phase}") == "Running"
-    })?;
-    let resumed_after = drained.elapsed();
+    Ok(drained)
+}
 
+fn wait_for_success(paths: &Paths) -> Result<()> {
     step("waiting for the job to succeed");
     let waited = controlplane::wait_condition(
         paths,
@@ -104,6 +129,12 @@ pub fn run_demo(paths: &Paths) -> Result<()> {
              kubectl -n trainingjob-system logs deploy/{OPERATOR}"
         );
     }
+    Ok(())
+}
+
+/// What the preemption cost, and whether the trainer ended as an
+/// uninterrupted run does.
+fn report(paths: &Paths, resumed_after: Duration) -> Result<()> {
     let logs = output(kubectl(paths)?.args([
         "logs",
         "-n",
@@ -150,11 +181,6 @@ pub fn run_demo(paths: &Paths) -> Result<()> {
     if reference != last {
         bail!("the preempted run ended differently from an uninterrupted one");
     }
-    step(format!(
-        "demo done in {:.0}s",
-        started.elapsed().as_secs_f64()
-    ));
-    controlplane::print_usage(paths);
     Ok(())
 }
 
