@@ -1,10 +1,11 @@
 //! A training pod as the pod watch reads it off the wire: only the fields
 //! the lean cache keeps are parsed, and the rest of the JSON is skipped
 //! without being built. A pod on a busy node carries tens of KB of
-//! `managedFields` (57 KB of 66 KB at 10000 jobs under kwok); parsed into a
-//! full `Pod` first, every watch event and every page of a re-list built
-//! and freed that whole tree, which left the operator's RSS far above what
-//! its caches hold, and a restart at 10000 jobs 90 MiB above that.
+//! `managedFields`; parsed into a full `Pod` first, every watch event and
+//! every page of a re-list built and freed that whole tree (92.5 KB a pod
+//! while a page is parsed, against 8.5 KB this way, in the memory bench).
+//! That is transient: at 10000 jobs the operator's steady RSS did not fall
+//! with it (docs/benchmarks.md), so what holds that is elsewhere.
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStatus, Pod, PodCondition, PodSchedulingGate, PodSpec,
