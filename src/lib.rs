@@ -13,6 +13,7 @@ pub mod defaults;
 pub mod error;
 pub mod finalizers;
 pub mod grace;
+pub mod heap;
 pub mod labels;
 pub mod leader;
 pub mod ledger;

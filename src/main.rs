@@ -120,6 +120,7 @@ async fn run(args: RunArgs) -> i32 {
     };
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
+    tokio::spawn(metrics.heap.clone().run(HEAP_TRIM_PERIOD));
     let http = Arc::new(Http {
         registry,
         ready: AtomicBool::new(false),
@@ -266,6 +267,10 @@ fn with_user_agent(mut config: Config) -> Config {
     ));
     config
 }
+
+/// How often the heap's free pages go back to the kernel (heap.rs): often
+/// enough that a burst's garbage does not sit in the RSS for long.
+const HEAP_TRIM_PERIOD: Duration = Duration::from_secs(60);
 
 /// How long a stopping operator waits for in-flight work.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(900);

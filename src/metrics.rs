@@ -45,6 +45,8 @@ pub struct Metrics {
     pub save_bytes_per_second: Family<JobLabels, Gauge>,
     /// Per job, removed when the job is deleted.
     pub grace_seconds: Family<JobLabels, Gauge>,
+    /// Periodic trims of the heap (see heap.rs), and what they returned.
+    pub heap: crate::heap::Trimmer,
 }
 
 /// Registers `metric` under `name` and hands it back for the struct.
@@ -56,7 +58,7 @@ fn register<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric:
 impl Metrics {
     pub fn new(registry: &mut Registry) -> Self {
         let r = registry.sub_registry_with_prefix("trainingjob");
-        Self {
+        let metrics = Self {
             reconciles: register(r, "reconciles", "Reconciles run", Counter::default()),
             reconcile_failures: register(
                 r,
@@ -124,7 +126,17 @@ impl Metrics {
                 "terminationGracePeriodSeconds of the current attempt, per job",
                 Family::default(),
             ),
-        }
+            heap: crate::heap::Trimmer {
+                trimmed: register(
+                    r,
+                    "heap_trimmed_bytes",
+                    "Resident bytes handed back to the kernel by heap trims",
+                    Counter::default(),
+                ),
+            },
+        };
+        r.register_collector(Box::new(crate::heap::HeapCollector));
+        metrics
     }
 
     pub fn transition(&self, reason: &str) {

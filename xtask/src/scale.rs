@@ -141,6 +141,7 @@ fn measure(paths: &Paths, system: System, jobs: u32, pods: u32) -> Result<Vec<Sa
             bail!("the operator's /metrics has no reconcile histogram");
         }
         println!("scale Trainingjob {jobs} jobs: reconcile p50 {p50:.1} ms, p99 {p99:.1} ms (bucket bounds)");
+        println!("scale Trainingjob {jobs} jobs: {}", heap()?);
     }
     Ok(series)
 }
@@ -370,7 +371,25 @@ fn restart(paths: &Paths, jobs: u32) -> Result<()> {
         api >> 20,
         etcd >> 20
     );
+    println!("restart at {jobs} jobs: {}", heap()?);
     Ok(())
+}
+
+/// The operator's heap as its allocator sees it (see src/heap.rs): what
+/// separates the RSS from what its caches hold.
+fn heap() -> Result<String> {
+    let text = scrape();
+    let bytes = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .with_context(|| format!("the operator's /metrics has no {name}"))
+    };
+    Ok(format!(
+        "heap in use {:.0} MiB, held free {:.0} MiB, handed back by trims so far {:.0} MiB",
+        bytes("trainingjob_heap_in_use_bytes")? / 1048576.0,
+        bytes("trainingjob_heap_free_bytes")? / 1048576.0,
+        bytes("trainingjob_heap_trimmed_bytes_total")? / 1048576.0
+    ))
 }
 
 fn cleanup(paths: &Paths) -> Result<()> {
