@@ -695,7 +695,7 @@ fn kwok_binary(paths: &Paths) -> Result<PathBuf> {
 fn kwok_config(paths: &Paths) -> Result<PathBuf> {
     let stages =
         crate::webhooks::module_source("sigs.k8s.io/kwok", KWOK)?.join("kustomize/stage/pod/fast");
-    let mut config = String::new();
+    let mut config = String::from(KWOK_OPTIONS);
     for name in ["pod-ready.yaml", "pod-delete.yaml"] {
         let path = stages.join(name);
         let text = std::fs::read_to_string(&path)
@@ -710,6 +710,16 @@ fn kwok_config(paths: &Paths) -> Result<PathBuf> {
     }
     Ok(file)
 }
+
+/// kwok plays at most 4 pod stages at once by default, each a status patch.
+/// At 10000 jobs the API server answered those in about a second, so kwok
+/// fell thousands of pods behind and a bench measured kwok, not the
+/// controller under test. Every system gets the same kwok.
+const KWOK_OPTIONS: &str = "apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokConfiguration
+options:
+  podPlayStageParallelism: 32
+";
 
 /// `--fake-nodes N`: N nodes named `tjo-fake-<i>` that kwok keeps Ready,
 /// each with 32 CPUs, 256Gi and 8 GPUs, tainted and labelled `type=kwok`
