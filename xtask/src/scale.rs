@@ -90,6 +90,7 @@ fn measure(paths: &Paths, system: System, jobs: u32, pods: u32) -> Result<Vec<Sa
     let pid = daemon::pid(paths, process).with_context(|| format!("{process}'s pid"))?;
     let cpu0 = cpu_seconds(pid);
     let peak = Peaks::sample(paths, pid);
+    let throttled0 = kcm_throttled(paths);
     let (t0, since) = (Instant::now(), unix_now());
     create_jobs(paths, system, jobs)?;
     step(format!(
@@ -108,6 +109,8 @@ fn measure(paths: &Paths, system: System, jobs: u32, pods: u32) -> Result<Vec<Sa
     ));
     let created = crate::audit::requests_by_client(paths, since, unix_now());
     let cpu = cpu_seconds(pid) - cpu0;
+    let throttled = kcm_throttled(paths);
+    let throttled = (throttled.0 - throttled0.0, throttled.1 - throttled0.1);
     let preemption = inject_preemption(paths, system, pods)?;
     let ((rss, api, etcd), series) = peak.finish();
     let per_job = |c: &std::collections::BTreeMap<String, u64>| {
@@ -134,6 +137,11 @@ fn measure(paths: &Paths, system: System, jobs: u32, pods: u32) -> Result<Vec<Sa
     println!(
         "  requests during the preemption: {}",
         by_client(&preemption.requests, 1.0)
+    );
+    println!(
+        "  kube-controller-manager's clients waited {:.0} s in their own rate limiter over {:.0} requests until all Running \
+         (--kube-api-qps, 20 unless set)",
+        throttled.0, throttled.1
     );
     if system == System::Trainingjob {
         let (p50, p99) = reconcile_quantiles();
@@ -463,6 +471,30 @@ fn cpu_seconds(pid: i32) -> f64 {
     // Counted from the state, field 3.
     let ticks = field(14 - 3) + field(15 - 3);
     ticks / 100.0
+}
+
+/// Seconds kube-controller-manager's clients have waited on their own
+/// client-side rate limiter, and the requests that went through it: the
+/// job controller, which runs every Job's and JobSet's pods, shares it.
+fn kcm_throttled(paths: &Paths) -> (f64, f64) {
+    let pki = paths.state.join("pki");
+    let text = output(
+        Command::new("curl")
+            .args(["-sk", "--cert"])
+            .arg(pki.join("admin.crt"))
+            .arg("--key")
+            .arg(pki.join("admin.key"))
+            .arg("https://127.0.0.1:10257/metrics"),
+    )
+    .unwrap_or_default();
+    let total = |series: &str| {
+        let prefix = format!("rest_client_rate_limiter_duration_seconds_{series}{{");
+        text.lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    (total("sum"), total("count"))
 }
 
 fn scrape() -> String {
