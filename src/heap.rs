@@ -66,12 +66,15 @@ const WORTH_TRIMMING: u64 = 4 << 20;
 /// Trims the heap now and then, counting what the resident set lost.
 #[derive(Clone, Debug, Default)]
 pub struct Trimmer {
+    /// Trims run, worth it or not: a scrape can tell that one has run.
+    pub trims: Counter,
     pub trimmed: Counter,
 }
 
 impl Trimmer {
     /// One trim if enough is held free; returns the bytes the RSS fell by.
     pub fn trim_once(&self) -> u64 {
+        self.trims.inc();
         match usage() {
             Some(u) if u.free >= WORTH_TRIMMING => {}
             _ => return 0,
@@ -153,6 +156,7 @@ mod tests {
         let fell = trimmer.trim_once();
         assert!(fell >= 32 << 20, "the trim returned only {fell} bytes");
         assert_eq!(trimmer.trimmed.get(), fell);
+        assert_eq!(trimmer.trims.get(), 1);
         drop(pin);
     }
 }

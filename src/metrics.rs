@@ -127,6 +127,12 @@ impl Metrics {
                 Family::default(),
             ),
             heap: crate::heap::Trimmer {
+                trims: register(
+                    r,
+                    "heap_trims",
+                    "Periodic heap trims run, whether or not they handed anything back",
+                    Counter::default(),
+                ),
                 trimmed: register(
                     r,
                     "heap_trimmed_bytes",

@@ -380,6 +380,19 @@ fn restart(paths: &Paths, jobs: u32) -> Result<()> {
         etcd >> 20
     );
     println!("restart at {jobs} jobs: {}", heap()?);
+    // What the re-list left behind is freed by then; the trim after it
+    // says how much of the peak was the allocator's to give back.
+    let trims = metric_sum("trainingjob_heap_trims_total");
+    wait_for(
+        "the restarted operator's next heap trim",
+        Duration::from_secs(90),
+        || metric_sum("trainingjob_heap_trims_total") > trims,
+    )?;
+    println!(
+        "restart at {jobs} jobs, after the next trim: operator RSS {} MiB; {}",
+        rss_bytes(pid) >> 20,
+        heap()?
+    );
     Ok(())
 }
 
