@@ -119,8 +119,24 @@ fn one_rank_still_pending_is_not_ready() {
     assert_eq!(d.status.phase, Some(Phase::Pending));
     assert_eq!(
         cond(&d.status, Ready).message,
-        "attempt 1: 1 of 2 ranks running"
+        "attempt 1: waiting for all 2 ranks to run"
     );
+}
+
+#[test]
+fn ranks_coming_up_one_by_one_leave_the_status_alone() {
+    let pending = |rank| {
+        let mut p = pv(1, rank);
+        p.running = false;
+        p
+    };
+    let mut job = job(Some(status(Phase::Pending, 1)));
+    job.spec.replicas = 3;
+    let first = run(&job, &[pv(1, 0), pending(1), pending(2)]);
+    job.status = Some(first.status.clone());
+    let second = run(&job, &[pv(1, 0), pv(1, 1), pending(2)]);
+    assert_eq!(second.status, first.status);
+    assert!(second.transitions.is_empty());
 }
 
 #[test]
