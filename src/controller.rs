@@ -189,6 +189,7 @@ fn node_changes(
 async fn reconcile(job: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
+    let _in_flight = crate::metrics::InFlight::enter(&ctx.metrics.reconciles_in_flight);
     let result = reconcile_job(&job, &ctx, started).await;
     ctx.metrics
         .reconcile_duration

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub reconciles: Counter,
     pub reconcile_failures: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Histogram,
+    /// Reconciles started and not yet finished: how many reconciles' worth
+    /// of memory the operator holds at once (see `InFlight`).
+    pub reconciles_in_flight: Gauge,
     /// One per transition event, by its reason.
     pub transitions: Family<EventLabels, Counter>,
     pub pods_created: Counter,
@@ -71,6 +74,12 @@ impl Metrics {
                 "reconcile_duration_seconds",
                 "Time one reconcile took",
                 Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            ),
+            reconciles_in_flight: register(
+                r,
+                "reconciles_in_flight",
+                "Reconciles started and not yet finished",
+                Gauge::default(),
             ),
             transitions: register(
                 r,
@@ -170,6 +179,24 @@ impl Metrics {
     }
 }
 
+/// Counts one reconcile in `reconciles_in_flight` for as long as it lives,
+/// so a reconcile that returns early, fails or is dropped mid-await still
+/// leaves the gauge.
+pub struct InFlight(Gauge);
+
+impl InFlight {
+    pub fn enter(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +243,19 @@ mod tests {
                 "{name} is in the README but not on /metrics:\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_reconcile_is_in_flight_until_it_is_dropped() {
+        let mut r = Registry::default();
+        let m = Metrics::new(&mut r);
+        let a = InFlight::enter(&m.reconciles_in_flight);
+        let b = InFlight::enter(&m.reconciles_in_flight);
+        assert_eq!(m.reconciles_in_flight.get(), 2);
+        drop(a);
+        assert!(encode(&r).contains("trainingjob_reconciles_in_flight 1\n"));
+        drop(b);
+        assert_eq!(m.reconciles_in_flight.get(), 0);
     }
 
     #[test]
