@@ -714,11 +714,16 @@ fn kwok_config(paths: &Paths) -> Result<PathBuf> {
 /// kwok plays at most 4 pod stages at once by default, each a status patch.
 /// At 10000 jobs the API server answered those in about a second, so kwok
 /// fell thousands of pods behind and a bench measured kwok, not the
-/// controller under test. Every system gets the same kwok.
+/// controller under test. Node leases are renewed 4 at a time too: in the
+/// third 10000-TrainingJob run the API server was slow enough that leases
+/// lapsed, the node lifecycle controller took fake nodes for unreachable
+/// and evicted 2019 ranks. Every system gets the same kwok.
 const KWOK_OPTIONS: &str = "apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokConfiguration
 options:
   podPlayStageParallelism: 32
+  nodePlayStageParallelism: 16
+  nodeLeaseParallelism: 32
 ";
 
 /// `--fake-nodes N`: N nodes named `tjo-fake-<i>` that kwok keeps Ready,
