@@ -10,7 +10,7 @@
 mod common;
 
 use common::{
-    jsonpath, kubectl, kubectl_ok, kubectl_with_input, provision_volume, root, stderr,
+    ctr, jsonpath, kubectl, kubectl_ok, kubectl_with_input, provision_volume, root, stderr,
     wait_condition, wait_until, wait_until_or, TempNamespace,
 };
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -1035,15 +1035,6 @@ fn the_released_archive_imports_and_the_packaged_chart_installs() {
         .is_some_and(|r| !r.starts_with("localhost/")));
     assert_eq!(values["image"]["tag"], "");
 
-    let socket = std::env::var("TJO_CONTAINERD_SOCKET")
-        .unwrap_or_else(|_| "/run/tjo-containerd/containerd.sock".into());
-    let ctr = |args: &[&str]| {
-        Command::new("ctr")
-            .args(["--address", &socket, "--namespace", "k8s.io"])
-            .args(args)
-            .output()
-            .expect("ctr")
-    };
     let _ = ctr(&["images", "rm", &image]);
     let imported = ctr(&["images", "import", archive.to_str().unwrap()]);
     assert!(

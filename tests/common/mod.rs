@@ -64,6 +64,18 @@ pub fn kubectl_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `ctr` against the node's containerd, in the namespace the kubelet uses.
+pub fn ctr(args: &[&str]) -> Output {
+    let socket = std::env::var("TJO_CONTAINERD_SOCKET")
+        .unwrap_or_else(|_| "/run/tjo-containerd/containerd.sock".into());
+    Command::new("ctr")
+        .args(["--address", &socket, "--namespace", "k8s.io"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("ctr")
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
