@@ -59,6 +59,47 @@ impl Drop for NodeBack {
     }
 }
 
+/// A pod's trainer paused (containerd's cgroup freezer) for as long as this
+/// lives. A trainer whose node stopped answering runs on, and how long a
+/// test keeps its node away depends on the machine's load: on a loaded one
+/// the trainer reached its last step before the next attempt could start.
+struct Paused(Vec<String>);
+
+impl Paused {
+    fn trainer(ns: &str, pod: &str) -> Self {
+        let filter = format!(
+            r#"labels."io.kubernetes.pod.namespace"=="{ns}",labels."io.kubernetes.pod.name"=="{pod}",labels."io.kubernetes.container.name"=="trainer""#
+        );
+        let listed = ctr(&["containers", "ls", "-q", &filter]);
+        let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        assert!(
+            !ids.is_empty(),
+            "no trainer container of {ns}/{pod} in containerd: {}",
+            stderr(&listed)
+        );
+        for id in &ids {
+            let out = ctr(&["tasks", "pause", id]);
+            assert!(
+                out.status.success(),
+                "ctr tasks pause {id}: {}",
+                stderr(&out)
+            );
+        }
+        Self(ids)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        for id in &self.0 {
+            let _ = ctr(&["tasks", "resume", id]);
+        }
+    }
+}
+
 /// The newest step each pod's trainer printed as saved, read from the
 /// kubelet's log files as they grow: the logs of a pod on a lost node, or
 /// of one deleted at once, are gone from the API before a test could ask.
@@ -323,9 +364,12 @@ fn an_unreachable_node_is_held_while_its_zone_is_dark_then_taken_for_lost_and_re
     // The real node alone: stopping it darkens its whole zone.
     kubectl_ok(&["delete", "nodes", "-l", "type=kwok", "--ignore-not-found"]);
     // Long enough that the first trainer, which runs on unseen, is still
-    // training when its node comes back and the next attempt starts.
+    // training when its node comes back and the next attempt starts. It is
+    // paused while the zone is dark, the phase whose length the machine's
+    // load decides, and runs on unseen from when the zone answers.
     let run = Run::start_with("unreachable", 1, 0, "4000", &[]);
     xtask(&["node", "stop"]);
+    let paused = Paused::trainer(&run.ns.name, &format!("{JOB}-a1-r0"));
     let waiting = r#"{.status.conditions[?(@.type=="WaitingForNode")].message}"#;
     run.wait_status("the zone hold", Duration::from_secs(240), |r| {
         r.status(waiting).contains("its zone")
@@ -343,6 +387,7 @@ fn an_unreachable_node_is_held_while_its_zone_is_dark_then_taken_for_lost_and_re
     // A node that answers in the same zone: the zone is no longer dark, so
     // after nodeUnreachableSeconds the rank is taken for lost.
     xtask(&["cluster", "up", "--no-node", "--fake-nodes", "1"]);
+    drop(paused);
     run.wait_status(
         "WaitingForNode for the old pod",
         Duration::from_secs(240),
