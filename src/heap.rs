@@ -9,11 +9,12 @@
 //! with `malloc_trim`, which does release free pages anywhere in a heap.
 //! Elsewhere than glibc both are no-ops: no gauges, nothing trimmed.
 
+use crate::metrics::register;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::registry::Unit;
+use prometheus_client::registry::{Registry, Unit};
 use std::time::Duration;
 
 /// What the allocator holds, in bytes.
@@ -72,6 +73,26 @@ pub struct Trimmer {
 }
 
 impl Trimmer {
+    /// The trims' counters and the allocator's own count, on `/metrics`.
+    pub fn register(r: &mut Registry) -> Self {
+        let trimmer = Self {
+            trims: register(
+                r,
+                "heap_trims",
+                "Periodic heap trims run, whether or not they handed anything back",
+                Counter::default(),
+            ),
+            trimmed: register(
+                r,
+                "heap_trimmed_bytes",
+                "Resident bytes handed back to the kernel by heap trims",
+                Counter::default(),
+            ),
+        };
+        r.register_collector(Box::new(HeapCollector));
+        trimmer
+    }
+
     /// One trim if enough is held free; returns the bytes the RSS fell by.
     pub fn trim_once(&self) -> u64 {
         self.trims.inc();

@@ -53,7 +53,12 @@ pub struct Metrics {
 }
 
 /// Registers `metric` under `name` and hands it back for the struct.
-fn register<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -> M {
+pub(crate) fn register<M: Metric + Clone>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
     r.register(name, help, metric.clone());
     metric
 }
@@ -61,7 +66,7 @@ fn register<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric:
 impl Metrics {
     pub fn new(registry: &mut Registry) -> Self {
         let r = registry.sub_registry_with_prefix("trainingjob");
-        let metrics = Self {
+        Self {
             reconciles: register(r, "reconciles", "Reconciles run", Counter::default()),
             reconcile_failures: register(
                 r,
@@ -135,23 +140,8 @@ impl Metrics {
                 "terminationGracePeriodSeconds of the current attempt, per job",
                 Family::default(),
             ),
-            heap: crate::heap::Trimmer {
-                trims: register(
-                    r,
-                    "heap_trims",
-                    "Periodic heap trims run, whether or not they handed anything back",
-                    Counter::default(),
-                ),
-                trimmed: register(
-                    r,
-                    "heap_trimmed_bytes",
-                    "Resident bytes handed back to the kernel by heap trims",
-                    Counter::default(),
-                ),
-            },
-        };
-        r.register_collector(Box::new(crate::heap::HeapCollector));
-        metrics
+            heap: crate::heap::Trimmer::register(r),
+        }
     }
 
     pub fn transition(&self, reason: &str) {
