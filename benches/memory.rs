@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use trainingjob_operator::api::TrainingJob;
 use trainingjob_operator::cache::{self, LeanPod, PodIndex, Unseen, WirePod};
+use trainingjob_operator::events::{Events, Note};
 use trainingjob_operator::metrics::{JobLabels, Metrics};
 
 #[global_allocator]
@@ -205,8 +206,9 @@ impl Report {
         task.abort();
     }
 
-    /// The event Recorder's dedup cache: each job's transitions on the way
-    /// to Running, kept 6 minutes.
+    /// What publishing each job's transitions on the way to Running
+    /// leaves behind: kube's `Recorder` (the operator's before) keeps
+    /// every event for 6 minutes; `Events` keeps a hash, a name and a count.
     async fn recorder(&self, world: &[Synthetic]) {
         let (service, mut api) = tower_test::mock::pair::<
             http::Request<kube::client::Body>,
@@ -219,11 +221,12 @@ impl Report {
             }
         });
         let client = kube::Client::new(service, "default");
+        let instance = "trainingjob-operator-7d9f8b6c5d-x2x9z";
         let reporter = Reporter {
             controller: "trainingjob-operator".into(),
-            instance: Some("trainingjob-operator-7d9f8b6c5d-x2x9z".into()),
+            instance: Some(instance.into()),
         };
-        let recorder = Recorder::new(client, reporter);
+        let recorder = Recorder::new(client.clone(), reporter);
         let from = Live::now();
         for s in world {
             let job: TrainingJob = serde_json::from_slice(&s.job_json).unwrap();
@@ -239,7 +242,22 @@ impl Report {
                 recorder.publish(&event, &reference).await.unwrap();
             }
         }
-        self.line("events: Recorder cache (6 min TTL)", from);
+        self.line("events: kube's Recorder cache (before)", from);
+        drop(recorder);
+        let events = Events::new(client, "trainingjob-operator", Some(instance.into()));
+        let from = Live::now();
+        for s in world {
+            let job: TrainingJob = serde_json::from_slice(&s.job_json).unwrap();
+            for (reason, note) in &s.transitions {
+                let what = Note {
+                    warning: false,
+                    reason,
+                    note,
+                };
+                events.publish(&job, &what).await.unwrap();
+            }
+        }
+        self.line("events: Events' series (6 min TTL)", from);
         answer.abort();
     }
 }

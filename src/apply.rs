@@ -5,6 +5,7 @@
 use crate::api::{TrainingJob, TrainingJobStatus};
 use crate::controller::{Context, FIELD_MANAGER};
 use crate::error::{self, Error, Result};
+use crate::events::Note;
 use crate::finalizers;
 use crate::lifecycle::{Attempt, Decision};
 use crate::metrics::JobLabels;
@@ -14,7 +15,6 @@ use crate::validate::SpecProblem;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -204,23 +204,16 @@ fn record_metrics(
 
 /// One event per transition, and the metric it moves.
 async fn publish(ctx: &Context, job: &TrainingJob, d: &Decision) {
-    let reference = job.object_ref(&());
     for t in &d.transitions {
         let (reason, note) = (t.reason(), t.message());
         info!(reason, "{note}");
         t.count(&ctx.metrics);
-        let event = Event {
-            type_: if t.is_warning() {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.into(),
-            note: Some(tail(&note, 1000)),
-            action: "Reconcile".into(),
-            secondary: None,
+        let what = Note {
+            warning: t.is_warning(),
+            reason,
+            note: &tail(&note, 1000),
         };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        if let Err(e) = ctx.events.publish(job, &what).await {
             warn!("could not publish event {reason}: {e}");
         }
     }

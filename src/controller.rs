@@ -8,6 +8,7 @@ use crate::backoff::Backoff;
 use crate::cache::{self, PodIndex, Unseen, WirePod};
 use crate::defaults::Defaults;
 use crate::error::{Error, Result};
+use crate::events::Events;
 use crate::finalizers::Orphans;
 use crate::labels::managed_selector;
 use crate::lifecycle::{self, Decision, Inputs};
@@ -20,8 +21,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
@@ -36,7 +36,7 @@ pub const FIELD_MANAGER: &str = "trainingjob-operator";
 /// Built once, shared by every reconcile.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub events: Events,
     pub metrics: Arc<Metrics>,
     /// Image the launcher is copied from (the operator's own).
     pub operator_image: String,
@@ -54,12 +54,12 @@ impl Context {
         operator_image: String,
         defaults: Defaults,
     ) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: Events::new(
+                client.clone(),
+                FIELD_MANAGER,
+                std::env::var("POD_NAME").ok(),
+            ),
             client,
             metrics,
             operator_image,
@@ -84,10 +84,11 @@ where
 
 /// Runs the controller until `shutdown` resolves. One watch per kind: the
 /// jobs, the operator's own pods (indexed by job, stripped) and the
-/// Services' metadata.
+/// Services' metadata. At most `concurrency` reconciles run at once.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
+    concurrency: u16,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
@@ -128,6 +129,7 @@ pub async fn run(
     .default_backoff()
     .touched_objects();
     Controller::for_stream(job_events, jobs)
+        .with_config(controller::Config::default().concurrency(concurrency))
         .owns_stream(pod_events)
         .owns_stream(services)
         .reconcile_on(node_changes(ctx.clone()))

@@ -11,6 +11,7 @@ pub mod controller;
 pub mod crd;
 pub mod defaults;
 pub mod error;
+pub mod events;
 pub mod finalizers;
 pub mod grace;
 pub mod heap;

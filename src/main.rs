@@ -77,6 +77,13 @@ struct RunArgs {
     /// spec names none.
     #[arg(long, env = "DEFAULT_SPOT_PROVIDER", value_parser = parse_spot)]
     default_spot_provider: Option<SpotProvider>,
+    /// Reconciles that may run at once. Each one in flight holds its own
+    /// copy of a job and its pods (about 13 KB), and with no cap a restart
+    /// at 10000 jobs started all 10000 at once. Past a few dozen the API
+    /// server, not this number, sets the pace.
+    #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = 64,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    max_concurrent_reconciles: u16,
 }
 
 fn parse_spot(s: &str) -> Result<SpotProvider, String> {
@@ -163,7 +170,12 @@ async fn run(args: RunArgs) -> i32 {
                 elector.acquire().await;
             }
             info!("controller running");
-            let work = controller::run(ctx, args.namespace.clone(), stop.wait());
+            let work = controller::run(
+                ctx,
+                args.namespace.clone(),
+                args.max_concurrent_reconciles,
+                stop.wait(),
+            );
             lead(work, elector.as_ref()).await
         }
     });
@@ -371,5 +383,33 @@ async fn metrics_text(State(http): State<Arc<Http>>) -> (StatusCode, String) {
     match prometheus_client::encoding::text::encode(&mut body, &http.registry) {
         Ok(()) => (StatusCode::OK, body),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        let argv = ["trainingjob-operator", "run"].iter().chain(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(args) => Ok(args),
+            _ => unreachable!("parsed as run"),
+        }
+    }
+
+    #[test]
+    fn reconciles_at_once_are_capped_and_the_cap_is_never_zero() {
+        assert_eq!(run_args(&[]).unwrap().max_concurrent_reconciles, 64);
+        let set = run_args(&["--max-concurrent-reconciles", "8"]).unwrap();
+        assert_eq!(set.max_concurrent_reconciles, 8);
+        // 0 would mean no cap to kube-runtime, not none at all.
+        let Err(zero) = run_args(&["--max-concurrent-reconciles", "0"]) else {
+            panic!("a cap of 0 was taken");
+        };
+        assert!(
+            zero.to_string().contains("max-concurrent-reconciles"),
+            "{zero}"
+        );
     }
 }
