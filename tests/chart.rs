@@ -336,6 +336,8 @@ fn the_chart_lints_clean_and_its_schema_rejects_bad_values() {
             "uninstallHook.enabled=false",
             "--set",
             "trainingJobDefaults.noticeSeconds=120,trainingJobDefaults.spotProvider=EKS",
+            "--set",
+            "maxConcurrentReconciles=8",
         ],
     ] {
         let mut args = vec!["lint", "--strict", CHART];
@@ -354,6 +356,7 @@ fn the_chart_lints_clean_and_its_schema_rejects_bad_values() {
         ("watchNamespace=Not_A_Namespace", "watchNamespace"),
         ("trainingJobDefaults.spotProvider=GCP", "spotProvider"),
         ("uninstallHook.timeoutSeconds=0", "timeoutSeconds"),
+        ("maxConcurrentReconciles=0", "maxConcurrentReconciles"),
     ] {
         let out = helm(&["template", "t", CHART, "--set", set]);
         assert!(!out.status.success(), "--set {set} was accepted");
