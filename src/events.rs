@@ -132,8 +132,8 @@ impl Events {
         }
     }
 
-    /// Repeats remembered now (for tests and the memory bench).
-    pub fn remembered(&self) -> usize {
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
         self.series.lock().unwrap().seen.len()
     }
 }

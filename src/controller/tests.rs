@@ -395,3 +395,68 @@ async fn a_first_attempt_left_half_made_by_a_stopped_operator_is_finished() {
     assert!(result.is_ok(), "{result:?}");
     assert_eq!(ctx.metrics.pods_created.get(), 1);
 }
+
+const JOBS: &str = "/apis/trainingjob.dev/v1alpha1/namespaces/ns/trainingjobs";
+
+type Pending = mock::SendResponse<Response<Body>>;
+
+/// Answers the list of jobs with `jobs` and holds every other request
+/// unanswered, so the pod cache never fills and each reconcile that
+/// starts stays in flight, waiting for it.
+async fn serve_jobs_only(api: &mut ApiHandle, jobs: &Value, held: &mut Vec<Pending>) {
+    let Ok(Some((req, send))) =
+        tokio::time::timeout(Duration::from_millis(20), api.next_request()).await
+    else {
+        return;
+    };
+    let watch = req.uri().query().unwrap_or_default().contains("watch");
+    if req.uri().path() == JOBS && !watch {
+        let list = json!({"apiVersion": "trainingjob.dev/v1alpha1", "kind": "TrainingJobList",
+                          "metadata": {"resourceVersion": "1"}, "items": jobs});
+        send.send_response(Response::new(Body::from(
+            serde_json::to_vec(&list).unwrap(),
+        )));
+    } else {
+        held.push(send);
+    }
+}
+
+#[tokio::test]
+async fn no_more_reconciles_run_at_once_than_the_cap() {
+    let (service, mut api) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let metrics = Arc::new(Metrics::new(&mut Registry::default()));
+    let ctx = Context::new(client, metrics.clone(), "op:1".into(), Defaults::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async {
+        let _ = stopped.await;
+    };
+    let controller = tokio::spawn(run(Arc::new(ctx), Some("ns".into()), 2, shutdown));
+    let jobs: Vec<Value> = (0..5)
+        .map(|i| {
+            let mut j = serde_json::to_value(job(1, None)).unwrap();
+            j["metadata"]["name"] = format!("j{i}").into();
+            j["metadata"]["uid"] = format!("uid-{i}").into();
+            j
+        })
+        .collect();
+    let jobs = Value::Array(jobs);
+    let mut held: Vec<Pending> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metrics.reconciles_in_flight.get() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "in flight: {}",
+            metrics.reconciles_in_flight.get()
+        );
+        serve_jobs_only(&mut api, &jobs, &mut held).await;
+    }
+    // Without the cap all five start at once; give them the chance.
+    let window = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < window {
+        serve_jobs_only(&mut api, &jobs, &mut held).await;
+    }
+    assert_eq!(metrics.reconciles_in_flight.get(), 2);
+    drop(stop);
+    controller.abort();
+}
