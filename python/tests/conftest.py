@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -73,5 +74,13 @@ def run_python(code, env=None, timeout=60):
         capture_output=True,
         text=True,
         timeout=timeout,
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint():
+    # A job started in the background (`nohup ... &`, some CI runners)
+    # inherits SIGINT ignored, and Python keeps an ignored SIGINT instead of
+    # raising KeyboardInterrupt: give the script what a terminal gives it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
